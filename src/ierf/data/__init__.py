@@ -1,0 +1,1 @@
+"""Data: image loading and the synthetic ground-truth benchmark."""

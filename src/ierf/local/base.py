@@ -1,0 +1,57 @@
+"""The one verb every attributor shares: ``attribute(x, target) -> (B, H_in, W_in)``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ierf.models.model import Model, as_model
+from ierf.targets import resolve_target
+
+
+class Attributor:
+    """Base class: validates input, resolves the target, returns maps on the input's device.
+
+    Subclasses implement :meth:`_attribute`. Attributors that register hooks release them
+    in :meth:`close`; use them as context managers to be sure.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: Model | nn.Module) -> None:
+        self.model = as_model(model)
+
+    def attribute(self, x: torch.Tensor, target: object = None) -> torch.Tensor:
+        """Explain ``target`` for each image of ``x``.
+
+        Parameters
+        ----------
+        x : (B, 3, H, W) preprocessed images.
+        target : ``None``/``"auto"`` (top class), class index or name, indices per image,
+            or a target object such as :class:`ierf.ClassTarget`.
+
+        Returns
+        -------
+        (B, H, W) attribution maps, larger = more evidence for the target.
+        """
+        x = self.model.check(x)
+        out = self._attribute(x, target)
+        return out.to(x.device)
+
+    def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _attribute")
+
+    def score(self, logits: torch.Tensor, target: object) -> torch.Tensor:
+        """(B,) target scores of ``logits`` (the target resolved against these logits)."""
+        return resolve_target(target, logits.detach(), self.model.class_names)(logits)
+
+    def close(self) -> None:
+        """Release hooks or other resources (nothing to do for hook-free attributors)."""
+
+    def __enter__(self) -> Attributor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

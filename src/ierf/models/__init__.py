@@ -1,0 +1,7 @@
+"""Model adapters: PFV extraction for CNNs and ViTs, and the model zoo."""
+
+from ierf.models.model import Model, Preprocessing, as_model
+from ierf.models.pfv import PFVs, to_pfvs
+from ierf.models.zoo import available_models, load_model
+
+__all__ = ["Model", "PFVs", "Preprocessing", "as_model", "available_models", "load_model", "to_pfvs"]

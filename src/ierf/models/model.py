@@ -1,0 +1,222 @@
+"""`Model`: a network plus everything an explanation needs to know about it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+
+from ierf.errors import IerfError, unknown_name
+from ierf.models.pfv import PFVs, to_pfvs
+
+
+@dataclass
+class Preprocessing:
+    """Resize, centre-crop and normalise, as the model was trained.
+
+    ``resize`` is the shorter-side length before the centre crop to ``input_size``; with
+    ``None`` the image is resized straight to ``input_size`` (aspect ratio not kept).
+    """
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: int | None = None
+    interpolation: TF.InterpolationMode = TF.InterpolationMode.BICUBIC
+
+
+@dataclass
+class Model:
+    """A vision model ready to be explained.
+
+    Attributes
+    ----------
+    net : the ``nn.Module``, in eval mode.
+    name : zoo name (or the class name of a wrapped module).
+    class_names : one name per output logit.
+    preprocessing : how images become input tensors; ``None`` for a wrapped module.
+    num_prefix_tokens : CLS/register tokens of a ViT (0 for CNNs).
+    patch_grid : patch grid of a ViT, if known.
+    """
+
+    net: nn.Module
+    name: str
+    class_names: list[str]
+    preprocessing: Preprocessing | None = None
+    num_prefix_tokens: int = 0
+    patch_grid: tuple[int, int] | None = None
+    _layers: list[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.net.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.check(x))
+
+    def check(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate an input batch for this model (ViTs need their exact input size)."""
+        size = self.input_size
+        return check_input(x, size if self.is_vit else None, channels=3 if size else None)
+
+    @property
+    def is_vit(self) -> bool:
+        return self.num_prefix_tokens > 0 or self.patch_grid is not None
+
+    @property
+    def input_size(self) -> tuple[int, int, int] | None:
+        """``(3, H, W)`` the model expects, or ``None`` if unknown."""
+        p = self.preprocessing
+        return None if p is None else (3, *p.input_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def preprocess(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """PIL image or HWC array (uint8, or float in [0, 1]) → normalised ``(1, 3, H, W)``."""
+        if self.preprocessing is None:
+            raise IerfError(f"model {self.name!r} has no preprocessing; build it with "
+                            "ierf.load_model or pass Preprocessing to ierf.Model")
+        p = self.preprocessing
+        x = image_to_tensor(image)
+        if p.resize is not None:
+            x = TF.resize(x, p.resize, interpolation=p.interpolation, antialias=True)
+        else:
+            x = TF.resize(x, list(p.input_size), interpolation=p.interpolation, antialias=True)
+        x = TF.center_crop(x, list(p.input_size)).clamp(0, 1)
+        return TF.normalize(x, p.mean, p.std).unsqueeze(0)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Invert the normalisation of ``preprocess``: (B, 3, H, W) → values in [0, 1]."""
+        if self.preprocessing is None:
+            return x
+        mean = x.new_tensor(self.preprocessing.mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.preprocessing.std).view(1, 3, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def module(self, name: str) -> nn.Module:
+        """The submodule called ``name`` in ``net.named_modules()``; lists valid names if absent."""
+        modules = dict(self.net.named_modules())
+        if name == "" or name not in modules:
+            raise unknown_name("layer", name, self.layer_names())
+        return modules[name]
+
+    def layer_names(self) -> list[str]:
+        """Layers whose output has PFVs (feature maps or patch tokens), in forward order."""
+        if self._layers is None:
+            if self.input_size is None:
+                raise IerfError("layer_names() needs the model's input size; use ierf.load_model "
+                                "or give the Model a Preprocessing")
+            outputs = self._trace(torch.zeros(1, *self.input_size, device=self.device))
+            self._layers = [n for n, out in outputs.items() if self._has_pfvs(out)]
+        return list(self._layers)
+
+    def pfvs(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, PFVs]:
+        """Run the model once and return the PFVs of each requested layer."""
+        names = [layers] if isinstance(layers, str) else list(layers)
+        for n in names:
+            self.module(n)
+        outputs = self._trace(self.check(x), names)
+        return {n: to_pfvs(outputs[n], self.num_prefix_tokens, self.patch_grid) for n in names}
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.net.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _has_pfvs(self, out: object) -> bool:
+        if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
+            return False
+        try:
+            pf = to_pfvs(out, self.num_prefix_tokens, self.patch_grid)
+        except IerfError:
+            return False
+        return pf.grid[0] * pf.grid[1] > 1 or out.dim() == 4
+
+    def _trace(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, object]:
+        """Forward ``x`` and record the (first) output of each named module."""
+        outputs: dict[str, object] = {}
+        wanted = dict(self.net.named_modules())
+        if names is not None:
+            wanted = {n: wanted[n] for n in names}
+        wanted.pop("", None)
+
+        def hook(name: str):
+            def record(_m, _i, out):
+                outputs.setdefault(name, out)
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in wanted.items()]
+        try:
+            with torch.no_grad():
+                self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return outputs
+
+
+def as_model(model: Model | nn.Module) -> Model:
+    """Accept an :class:`Model` or a plain ``nn.Module`` (wrapped with generic metadata)."""
+    if isinstance(model, Model):
+        return model
+    if not isinstance(model, nn.Module):
+        raise IerfError(f"expected an ierf.Model or a torch.nn.Module, got {type(model).__name__}")
+    num_classes = _guess_num_classes(model)
+    return Model(model, type(model).__name__, [f"class {i}" for i in range(num_classes)],
+                 num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)))
+
+
+def _guess_num_classes(net: nn.Module) -> int:
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else 0
+
+
+def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """PIL image or HWC/HW array → float (3, H, W) in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return TF.to_tensor(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+            raise IerfError(f"image array must be HW or HWC with 1, 3 or 4 channels, got shape {a.shape}")
+        a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a[..., :3]
+        t = torch.from_numpy(np.array(a)).permute(2, 0, 1)
+        if a.dtype == np.uint8:
+            return t.float() / 255.0
+        t = t.float()
+        if not torch.isfinite(t).all():
+            raise IerfError("image array contains NaN or infinite values")
+        if t.min() < 0 or t.max() > 1:
+            raise IerfError("float image arrays must lie in [0, 1]; pass uint8 for 0..255 values")
+        return t
+    raise IerfError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+
+
+def check_input(x: torch.Tensor, input_size: tuple[int, int, int] | None = None,
+                channels: int | None = None) -> torch.Tensor:
+    """Validate a batch of images: (B, C, H, W), finite, of the given channels or exact size."""
+    if not isinstance(x, torch.Tensor):
+        raise IerfError(f"expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}; "
+                        "use model.preprocess(image) to make one")
+    if x.dim() == 3:
+        raise IerfError(f"expected a batch (B, 3, H, W), got shape {tuple(x.shape)}; "
+                        "add a batch dimension with x.unsqueeze(0)")
+    if x.dim() != 4:
+        raise IerfError(f"expected a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise IerfError(f"expected {channels} input channels, got shape {tuple(x.shape)}; "
+                        "use model.preprocess(image)")
+    if input_size is not None and tuple(x.shape[1:]) != tuple(input_size):
+        raise IerfError(f"this model takes inputs of shape (B, {', '.join(map(str, input_size))}), "
+                        f"got {tuple(x.shape)}; use model.preprocess(image)")
+    if not torch.isfinite(x).all():
+        raise IerfError("input contains NaN or infinite values")
+    return x

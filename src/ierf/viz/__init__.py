@@ -1,0 +1,1 @@
+"""Pictures: heat-map overlays (more to come: concept cards, graph explorer)."""
