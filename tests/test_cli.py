@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -52,8 +53,8 @@ def test_listing_commands(capsys):
 
 
 def test_console_script_is_installed(tmp_path):
-    exe = shutil.which("ierf")
-    assert exe is not None, "the ierf console script is not on PATH; pip install -e ."
+    exe = Path(sys.executable).with_name("ierf")
+    assert exe.is_file(), "the ierf console script is not installed beside python; pip install -e ."
     run = subprocess.run([exe, "explain", "camera", "-o", str(tmp_path / "cam.png")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

@@ -49,10 +49,9 @@ def resolve_target(target: object, logits: torch.Tensor, class_names: Sequence[s
     """
     if target is None or (isinstance(target, str) and target == "auto"):
         return ClassTarget(logits.argmax(1))
-    if isinstance(target, str):
-        return ClassTarget(class_index(target, class_names))
-    if isinstance(target, (int, Sequence, torch.Tensor)) and not callable(target):
-        target_obj = ClassTarget(target)
+    if isinstance(target, (str, int, Sequence, torch.Tensor)) and not callable(target):
+        index = class_index(target, class_names) if isinstance(target, str) else target
+        target_obj = ClassTarget(index)
         target_obj(logits)  # validates range and batch size now
         return target_obj
     if callable(target):
