@@ -4,10 +4,12 @@ from ierf.data.images import load_image
 from ierf.errors import IerfError, UnknownNameError, WeightsUnavailableError
 from ierf.local.base import Attributor
 from ierf.local.registry import attributor, methods
+from ierf.local.srd import SRD
 from ierf.models import Model, PFVs, as_model, available_models, load_model
-from ierf.targets import ClassTarget
+from ierf.targets import ClassTarget, ConceptTarget, PFVTarget
 
 __version__ = "0.1.0"
-__all__ = ["Attributor", "ClassTarget", "IerfError", "Model", "PFVs", "UnknownNameError",
+__all__ = ["SRD", "Attributor", "ClassTarget", "ConceptTarget", "IerfError", "Model", "PFVTarget",
+           "PFVs", "UnknownNameError",
            "WeightsUnavailableError", "as_model", "attributor", "available_models", "load_image",
            "load_model", "methods"]

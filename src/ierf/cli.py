@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ierf`` console script."""
     args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
     try:
         return args.run(args)
     except IerfError as e:

@@ -68,3 +68,50 @@ def class_index(name: str, class_names: Sequence[str]) -> int:
     if name.lower() in lowered:
         return lowered.index(name.lower())
     raise unknown_name("class", name, class_names)
+
+
+@dataclass(frozen=True)
+class PFVTarget:
+    """The PFV at ``position`` of ``layer``: its iERF (paper Eq. 1–2).
+
+    ``position`` is a flat index into the layer's (H, W) grid (row-major), one per image or
+    shared. Relevance 1 sits on that PFV, so its iERF sums to 1 under conservation.
+    """
+
+    layer: str
+    position: int | Sequence[int] | torch.Tensor
+
+    def relevance(self, pfvs: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) PFVs of ``layer`` → (B, N) starting relevance."""
+        b, n, _ = pfvs.shape
+        pos = torch.as_tensor(self.position, device=pfvs.device, dtype=torch.long).reshape(-1)
+        pos = pos.expand(b) if pos.numel() == 1 else pos
+        if pos.numel() != b or (pos < 0).any() or (pos >= n).any():
+            raise IerfError(f"PFV positions {pos.tolist()} do not fit a batch of {b} images "
+                            f"with {n} positions in layer {self.layer!r}")
+        return torch.zeros(b, n, device=pfvs.device, dtype=pfvs.dtype).scatter_(1, pos[:, None], 1.0)
+
+
+@dataclass(frozen=True)
+class ConceptTarget:
+    """A direction ``vector`` in ``layer``'s PFV space: relevance ⟨vector, v_p⟩ per position.
+
+    With ``position`` given, only that PFV's projection is explained (a concept's iERF at
+    one location); otherwise every position's.
+    """
+
+    layer: str
+    vector: torch.Tensor
+    position: int | None = None
+
+    def relevance(self, pfvs: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) PFVs of ``layer`` → (B, N) starting relevance."""
+        u = torch.as_tensor(self.vector, device=pfvs.device, dtype=pfvs.dtype)
+        if u.shape != (pfvs.shape[-1],):
+            raise IerfError(f"concept vector of shape {tuple(u.shape)} does not match the "
+                            f"{pfvs.shape[-1]} channels of layer {self.layer!r}")
+        r = pfvs @ u
+        if self.position is not None:
+            r = torch.zeros_like(r).index_copy_(1, torch.tensor([self.position], device=r.device),
+                                                r[:, self.position:self.position + 1])
+        return r

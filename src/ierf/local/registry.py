@@ -6,11 +6,19 @@ from torch import nn
 
 from ierf.errors import unknown_name
 from ierf.local.base import Attributor
+from ierf.local.cams import CAMS
+from ierf.local.captum_methods import (GradientXInput, GuidedBackprop, IntegratedGradients,
+                                       Saliency, SmoothGrad)
 from ierf.local.gradients import Gradient
+from ierf.local.lrp import LRPZPlus
+from ierf.local.srd import SRD, SRDHigh, SRDLow
 from ierf.models.model import Model
 
-_REGISTRY: dict[str, type[Attributor]] = {cls.name: cls for cls in (Gradient,)}
-DEFAULT_METHOD = "gradient"
+_REGISTRY: dict[str, type[Attributor]] = {
+    cls.name: cls for cls in (SRD, SRDHigh, SRDLow, Gradient, Saliency, GuidedBackprop,
+                              GradientXInput, IntegratedGradients, SmoothGrad, LRPZPlus, *CAMS)
+}
+DEFAULT_METHOD = "srd"
 
 
 def methods() -> list[str]:

@@ -50,7 +50,7 @@ class Model:
     preprocessing: Preprocessing | None = None
     num_prefix_tokens: int = 0
     patch_grid: tuple[int, int] | None = None
-    _layers: list[str] | None = field(default=None, repr=False)
+    _grids: dict[str, tuple[int, int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.net.eval()
@@ -101,20 +101,49 @@ class Model:
 
     def module(self, name: str) -> nn.Module:
         """The submodule called ``name`` in ``net.named_modules()``; lists valid names if absent."""
-        modules = dict(self.net.named_modules())
+        modules = dict(self.net.named_modules(remove_duplicate=False))
         if name == "" or name not in modules:
-            raise unknown_name("layer", name, self.layer_names())
+            valid = self.layer_names() if self.input_size else [n for n in modules if n]
+            raise unknown_name("layer", name, valid)
         return modules[name]
 
     def layer_names(self) -> list[str]:
         """Layers whose output has PFVs (feature maps or patch tokens), in forward order."""
-        if self._layers is None:
-            if self.input_size is None:
-                raise IerfError("layer_names() needs the model's input size; use ierf.load_model "
-                                "or give the Model a Preprocessing")
-            outputs = self._trace(torch.zeros(1, *self.input_size, device=self.device))
-            self._layers = [n for n, out in outputs.items() if self._has_pfvs(out)]
-        return list(self._layers)
+        return list(self.layer_grids())
+
+    def layer_grids(self, example: torch.Tensor | None = None) -> dict[str, tuple[int, int]]:
+        """Each analysable layer's PFV grid (H, W), in forward order.
+
+        Traced once on zeros of the model's input size, or on ``example`` (a wrapped
+        ``nn.Module`` has no known input size).
+        """
+        if self._grids is None or example is not None:
+            if example is None and self.input_size is None:
+                raise IerfError("layer names need the model's input size; use ierf.load_model, "
+                                "give the Model a Preprocessing, or pass an example input")
+            if example is None:
+                example = torch.zeros(1, *self.input_size, device=self.device)
+            outputs = self._trace(example[:1])
+            grids = {n: g for n, out in outputs.items() if (g := self._grid_of(out))}
+            if example is None or self.input_size is None:
+                self._grids = grids
+            return grids
+        return dict(self._grids)
+
+    def encoder_layer(self, example: torch.Tensor | None = None) -> str:
+        """The encoder output L: the last layer with a spatial grid larger than 1×1."""
+        return [n for n, g in self.layer_grids(example).items() if g[0] * g[1] > 1][-1]
+
+    def layer_at_stride(self, stride: int) -> str:
+        """The outermost, then last, layer whose grid is the input size divided by ``stride``
+        (``layer2`` of a ResNet50, ``blocks.2`` of EfficientNet-Lite0)."""
+        h = self.input_size[1] // stride
+        names = [n for n, g in self.layer_grids().items() if g[0] == h]
+        if not names:
+            raise IerfError(f"{self.name} has no layer at stride {stride} ({h}×{h} grid); "
+                            f"layers: {self.layer_grids()}")
+        depth = min(n.count(".") for n in names)
+        return [n for n in names if n.count(".") == depth][-1]
 
     def pfvs(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, PFVs]:
         """Run the model once and return the PFVs of each requested layer."""
@@ -129,19 +158,19 @@ class Model:
         p = next(self.net.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def _has_pfvs(self, out: object) -> bool:
+    def _grid_of(self, out: object) -> tuple[int, int] | None:
         if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
-            return False
+            return None
         try:
-            pf = to_pfvs(out, self.num_prefix_tokens, self.patch_grid)
+            grid = to_pfvs(out, self.num_prefix_tokens, self.patch_grid).grid
         except IerfError:
-            return False
-        return pf.grid[0] * pf.grid[1] > 1 or out.dim() == 4
+            return None
+        return grid if grid[0] * grid[1] > 1 or out.dim() == 4 else None
 
     def _trace(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, object]:
         """Forward ``x`` and record the (first) output of each named module."""
         outputs: dict[str, object] = {}
-        wanted = dict(self.net.named_modules())
+        wanted = dict(self.net.named_modules(remove_duplicate=False))
         if names is not None:
             wanted = {n: wanted[n] for n in names}
         wanted.pop("", None)

@@ -9,10 +9,13 @@ import torch
 from ierf.io import atomic_path
 
 
-def normalize_map(saliency: torch.Tensor) -> torch.Tensor:
-    """Scale a (H, W) map to [-1, 1] by its largest absolute value (zeros stay zeros)."""
-    peak = saliency.abs().max()
-    return saliency / peak if peak > 0 else saliency
+def normalize_map(saliency: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
+    """Scale a (H, W) map to [-1, 1] by a high percentile of |map|, clipping the few pixels
+    above it (input-scale maps are spiky; the maximum alone would wash the rest out)."""
+    peak = torch.quantile(saliency.abs().flatten().float(), percentile / 100)
+    if peak <= 0:
+        peak = saliency.abs().max()
+    return (saliency / peak).clamp(-1, 1) if peak > 0 else saliency
 
 
 def save_overlay(image: torch.Tensor, saliency: torch.Tensor, path: str | Path,

@@ -1,0 +1,296 @@
+"""Sharing Ratio Decomposition (SRD): saliency maps and iERFs as fast as a gradient.
+
+Paper: Kwak, Han & Kim, TPAMI 2026, Sec. IV-A and Appendix VII-A/B.
+
+Between two nonlinearities a network is affine: a pre-activation PFV is
+``v_j = Σ_i v̂(i→j) + b_j`` with ``v̂(i→j) = J_ji v_i`` (Eq. 17). The sharing ratio is
+``μ(i→j) = ⟨v̂(i→j), v_j⟩ / ‖v_j‖²`` (Eq. 3 / 18) and relevance moves back by
+``R_i = Σ_j μ(i→j) R_j`` (Eqs. 20–21, 28). Summed over j this is one vector–Jacobian
+product: ``R_i = ⟨v_i, (Jᵀ s)_i⟩`` with ``s_j = v_j R_j / ‖v_j‖²``. So SRD is one forward and
+one backward pass in which every nonlinearity's backward is replaced by that rule, and
+relevance passes through the nonlinearity position by position (activation-agnostic).
+
+Bias rule (``bias=``):
+- ``"proportional"`` (default): the bias's share ``⟨b_j, v_j⟩/‖v_j‖²`` is handed back to the
+  sources in proportion to their own sharing ratios, i.e. ``μ(i→j) = ⟨v̂(i→j), v_j⟩ /
+  ⟨v_j − b_j, v_j⟩``, so Σ_i μ(i→j) = 1 exactly (Eq. 19). Where the sources explain less
+  than ``eps`` of ``‖v_j‖²`` (the bias dominates) the plain ratio is kept. The bias-free parts
+  ``v_j − b_j`` come from one extra forward-mode pass.
+- ``"absorb"``: Eq. 18 as written; the bias keeps its share and conservation holds up to
+  exactly that share.
+The paper's code splits the bias in proportion to ‖v̂(i→j)‖ instead; that rule needs every
+v̂(i→j) and lives in :mod:`ierf.local.srd_reference`, which measures the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import nn
+
+from ierf.errors import IerfError
+from ierf.local.base import Attributor
+from ierf.local.nonlinearity import (
+    ACTIVATION_MODULES,
+    AFFINE_MODULES,
+    NonlinearityMode,
+    forward_until,
+)
+from ierf.models.model import Model
+from ierf.models.pfv import to_pfvs
+from ierf.targets import ConceptTarget, PFVTarget, resolve_target
+
+FINAL_RATIOS = ("clamped-mean", "mean", "raw", "ones")
+BIAS_RULES = ("proportional", "absorb")
+
+
+def channel_dim(t: torch.Tensor) -> int:
+    """Channel axis of a PFV tensor: 1 for (B, C[, H, W]) maps, -1 for (B, T, C) tokens."""
+    return -1 if t.dim() == 3 else 1
+
+
+def sharing_denominator(v: torch.Tensor, v_free: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Per-position denominator of Eq. 18 under the bias rule (``v_free`` = v − b, or None)."""
+    d = channel_dim(v)
+    norm2 = (v * v).sum(d, keepdim=True)
+    if v_free is None:
+        return norm2
+    explained = (v_free * v).sum(d, keepdim=True)
+    return torch.where(explained > eps * norm2, explained, norm2)
+
+
+def seed(v: torch.Tensor, relevance: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """``s_j = v_j R_j / denom_j`` (zero where v_j = 0): what the VJP carries back."""
+    safe = torch.where(denom == 0, torch.ones_like(denom), denom)
+    return torch.where(denom == 0, torch.zeros_like(v), v * relevance / safe)
+
+
+def position_relevance(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``R_i = ⟨v_i, (Jᵀ s)_i⟩`` per position (Eq. 21 summed as one VJP)."""
+    return (v * grad).sum(channel_dim(v), keepdim=True)
+
+
+class _ShareThrough(torch.autograd.Function):
+    """A nonlinearity whose backward applies SRD: relevance in → seed for the affine below."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, act: Callable, denom: torch.Tensor) -> torch.Tensor:
+        y = act(x)
+        ctx.save_for_backward(x, y, denom)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y, denom = ctx.saved_tensors
+        return seed(x, position_relevance(y, grad), denom), None, None
+
+
+def check_supported(net: nn.Module, stop: str) -> None:
+    """Raise for a leaf module SRD cannot decompose, up to layer ``stop``."""
+    for name, m in net.named_modules():
+        if name == stop or name.startswith(stop + "."):
+            break
+        if next(m.children(), None) is None and not isinstance(m, AFFINE_MODULES +
+                                                                ACTIVATION_MODULES):
+            if type(m).__name__ in _KNOWN_AFFINE_NAMES:
+                continue
+            raise IerfError(f"SRD cannot decompose module {name!r} of type {type(m).__name__}: it is "
+                            "neither affine (conv, BN, linear, pooling, add) nor an activation")
+
+
+_KNOWN_AFFINE_NAMES = {"Conv2dSame", "BatchNormAct2d", "Linear", "Identity"}
+
+
+class SRD(Attributor):
+    """Sharing Ratio Decomposition saliency, class-discriminative (Eqs. 4–6, 20–22, 28).
+
+    Parameters
+    ----------
+    model : ``ierf.Model`` or ``nn.Module``.
+    layer : the encoder output L (default: the model's last spatial layer, e.g. ``layer4``).
+    high_layer : the stride-8 layer of ``srd-high`` (default: found from the model).
+    final : μ(L→O) variant (Eq. 5 and Table IV): ``"clamped-mean"`` (paper), ``"mean"``,
+        ``"raw"`` (Φ of Eq. 6) or ``"ones"`` (all ones, as in the manipulation experiment).
+    bias : ``"proportional"`` or ``"absorb"`` (see the module docstring).
+    eps : bias-dominance threshold of the proportional rule.
+    """
+
+    name: ClassVar[str] = "srd"
+    resolution: ClassVar[str] = "input"
+
+    def __init__(self, model: Model | nn.Module, layer: str | None = None,
+                 high_layer: str | None = None, final: str = "clamped-mean",
+                 bias: str = "proportional", eps: float = 0.05) -> None:
+        super().__init__(model)
+        if final not in FINAL_RATIOS:
+            raise IerfError(f"unknown final sharing ratio {final!r}; use one of {FINAL_RATIOS}")
+        if bias not in BIAS_RULES:
+            raise IerfError(f"unknown bias rule {bias!r}; use one of {BIAS_RULES}")
+        self._layer = layer
+        if layer is not None:
+            self.model.module(layer)
+        elif self.model.input_size is not None:
+            self._layer = self.model.encoder_layer()
+        if self._layer is not None:
+            check_supported(self.model.net, self._layer)
+        self._high = high_layer
+        self.final, self.bias, self.eps = final, bias, eps
+
+    def _encoder_layer(self, x: torch.Tensor) -> str:
+        """L, found on the first input for a wrapped ``nn.Module`` of unknown input size."""
+        if self._layer is None:
+            self._layer = self.model.encoder_layer(x)
+            check_supported(self.model.net, self._layer)
+        return self._layer
+
+    @property
+    def high_layer(self) -> str:
+        if self._high is None:
+            self._high = self.model.layer_at_stride(8)
+        return self._high
+
+    def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
+        key = {"input": "input", "high": self.high_layer, "low": self._encoder_layer(x)
+               }[self.resolution]
+        native = self.relevance(x, target, layers=[] if key == "input" else [key])[key]
+        if native.shape[-2:] == x.shape[-2:]:
+            return native
+        return F.interpolate(native[:, None], size=x.shape[-2:], mode="bilinear",
+                             align_corners=False)[:, 0]
+
+    def relevance(self, x: torch.Tensor, target: object = None,
+                  layers: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        """Native-resolution relevance: ``"input"`` (B, H, W) and each of ``layers`` (B, h, w).
+
+        ``target`` is a class (index, name, ``None`` = top class), or a
+        :class:`~ierf.targets.PFVTarget` / :class:`~ierf.targets.ConceptTarget`, whose layer
+        then plays the role of L (its iERF, Eq. 2).
+        """
+        x = self.model.check(x)
+        start = (target.layer if isinstance(target, (PFVTarget, ConceptTarget))
+                 else self._encoder_layer(x))
+        for name in (start, *layers):
+            self.model.module(name)
+        if self.model.is_vit:
+            raise IerfError("SRD decomposes CNNs; for ViT tokens use the AttnLRP or TransMM "
+                            "attributors")
+        free = self._bias_free_parts(x, start) if self.bias == "proportional" else None
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            is_pfv_target = isinstance(target, (PFVTarget, ConceptTarget))
+            logits, outs = self._forward(x, start, layers, free, need_logits=not is_pfv_target)
+            t = outs[start]
+            r_start = self._start_relevance(t, logits, target, start)
+            denom = sharing_denominator(t, None if free is None else free[-1], self.eps)
+            inputs = [x, *(outs[n] for n in layers)]
+            grads = torch.autograd.grad(t, inputs, seed(t, r_start, denom), allow_unused=True)
+        result = {"input": position_relevance(x, grads[0])[:, 0].detach()}
+        for n, v, g in zip(layers, inputs[1:], grads[1:]):
+            g = torch.zeros_like(v) if g is None else g
+            result[n] = position_relevance(v, g)[:, 0].detach()
+        result[start] = r_start[:, 0].detach()
+        return result
+
+    def _start_relevance(self, t: torch.Tensor, logits: torch.Tensor, target: object,
+                         start: str) -> torch.Tensor:
+        """Relevance R^L at the start layer, shaped like ``t`` with channels summed (keepdim)."""
+        pf = to_pfvs(t, self.model.num_prefix_tokens, self.model.patch_grid)
+        if isinstance(target, (PFVTarget, ConceptTarget)):
+            r = target.relevance(pf.vectors.detach())
+        else:
+            r = self._final_ratios(pf, t, logits, target)
+        return r.reshape(t.shape[0], 1, *t.shape[2:])
+
+    def _final_ratios(self, pf, t: torch.Tensor, logits: torch.Tensor, target: object
+                      ) -> torch.Tensor:
+        """μ(L→O) per PFV (B, N): Eqs. 5–6 and the Table IV variants."""
+        if self.final == "ones":
+            resolve_target(target, logits.detach(), self.model.class_names)(logits)  # validates
+            return torch.ones(pf.vectors.shape[:2], device=t.device, dtype=t.dtype)
+        score = self.score(logits, target)
+        grads = [torch.autograd.grad(s.sum(), t, retain_graph=True)[0]
+                 for s in ((score, logits.mean(1)) if self.final != "raw" else (score,))]
+        a = pf.vectors.detach()
+        phis = []
+        for g in grads:
+            alpha = to_pfvs(g, self.model.num_prefix_tokens, self.model.patch_grid).vectors.mean(1)
+            phis.append((a * alpha[:, None]).sum(-1))  # Φ_i^c = Σ_k α_k^c A_i^k (Eq. 6)
+        if self.final == "raw":
+            return phis[0]
+        centred = phis[0] - phis[1]  # mean over classes is linear in α (Eq. 5)
+        return centred.clamp_min(0) if self.final == "clamped-mean" else centred
+
+    def _forward(self, x: torch.Tensor, start: str, layers: Sequence[str],
+                 free: list[torch.Tensor] | None, need_logits: bool):
+        """Forward with SRD nonlinearities up to ``start``; returns logits (if needed: the head
+        runs untouched) and the outputs of ``start`` and ``layers``."""
+        outs: dict[str, torch.Tensor] = {}
+        calls = iter(free or [])
+
+        def through(v: torch.Tensor, act: Callable) -> torch.Tensor:
+            v_free = next(calls) if free else None
+            return _ShareThrough.apply(v, act, sharing_denominator(v, v_free, self.eps))
+
+        mode = NonlinearityMode(through)
+
+        def record(name: str):
+            def hook(_m, _i, out):
+                outs.setdefault(name, out)
+            return hook
+
+        def at_start(out: torch.Tensor) -> None:
+            outs.setdefault(start, out)
+            mode.active = False
+
+        handles = [self.model.module(n).register_forward_hook(record(n)) for n in layers]
+        try:
+            with mode:
+                if not need_logits:
+                    forward_until(self.model.net, x, self.model.module(start), at_start)
+                    return None, outs
+                handles.append(self.model.module(start).register_forward_hook(
+                    lambda _m, _i, out: at_start(out)))
+                return self.model.net(x), outs
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _bias_free_parts(self, x: torch.Tensor, start: str) -> list[torch.Tensor]:
+        """``v − b`` at every pre-activation (in call order), then at ``start``.
+
+        One forward-mode pass whose tangent is reset to each nonlinearity's output (and is
+        the input at the input), so the tangent at a pre-activation is J·v (Eq. 17 sans bias).
+        """
+        parts: list[torch.Tensor] = []
+
+        def through(v: torch.Tensor, act: Callable) -> torch.Tensor:
+            primal, tangent = fwAD.unpack_dual(v)
+            parts.append(tangent if tangent is not None else torch.zeros_like(primal))
+            y = act(primal)
+            return fwAD.make_dual(y, y)
+
+        def at_start(out: torch.Tensor) -> None:
+            primal, tangent = fwAD.unpack_dual(out)
+            parts.append(tangent if tangent is not None else torch.zeros_like(primal))
+
+        with torch.no_grad(), fwAD.dual_level(), NonlinearityMode(through):
+            forward_until(self.model.net, fwAD.make_dual(x, x), self.model.module(start), at_start)
+        return [p.detach() for p in parts]
+
+
+class SRDHigh(SRD):
+    """SRD stopped at the stride-8 layer (e.g. 28×28 ``layer2`` of ResNet50), upsampled."""
+
+    name = "srd-high"
+    resolution = "high"
+
+
+class SRDLow(SRD):
+    """μ(L→O) at the encoder output (e.g. 7×7), upsampled: Eq. 5 alone."""
+
+    name = "srd-low"
+    resolution = "low"
