@@ -14,8 +14,8 @@ Bias rule (``bias=``):
 - ``"proportional"`` (default): the bias's share ``⟨b_j, v_j⟩/‖v_j‖²`` is handed back to the
   sources in proportion to their own sharing ratios, i.e. ``μ(i→j) = ⟨v̂(i→j), v_j⟩ /
   ⟨v_j − b_j, v_j⟩``, so Σ_i μ(i→j) = 1 exactly (Eq. 19). Where the sources explain less
-  than ``eps`` of ``‖v_j‖²`` (the bias dominates) the plain ratio is kept. The bias-free parts
-  ``v_j − b_j`` come from one extra forward-mode pass.
+  than ``eps`` of ``‖v_j‖²`` (the bias dominates) the plain ratio is kept. The biases b_j come
+  from one image-independent forward pass, cached per input size.
 - ``"absorb"``: Eq. 18 as written; the bias keeps its share and conservation holds up to
   exactly that share.
 The paper's code splits the bias in proportion to ‖v̂(i→j)‖ instead; that rule needs every
@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
@@ -53,13 +52,16 @@ def channel_dim(t: torch.Tensor) -> int:
     return -1 if t.dim() == 3 else 1
 
 
-def sharing_denominator(v: torch.Tensor, v_free: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Per-position denominator of Eq. 18 under the bias rule (``v_free`` = v − b, or None)."""
+def sharing_denominator(v: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Per-position denominator of Eq. 18 under the bias rule (``bias``: b of Eq. 17, or None).
+
+    ``‖v‖²`` (absorb), or ``⟨v − b, v⟩`` (proportional) where that exceeds ``eps·‖v‖²``.
+    """
     d = channel_dim(v)
     norm2 = (v * v).sum(d, keepdim=True)
-    if v_free is None:
+    if bias is None:
         return norm2
-    explained = (v_free * v).sum(d, keepdim=True)
+    explained = norm2 - (bias * v).sum(d, keepdim=True)
     return torch.where(explained > eps * norm2, explained, norm2)
 
 
@@ -139,6 +141,7 @@ class SRD(Attributor):
             check_supported(self.model.net, self._layer)
         self._high = high_layer
         self.final, self.bias, self.eps = final, bias, eps
+        self._bias_cache: dict[str, object] = {}
 
     def _encoder_layer(self, x: torch.Tensor) -> str:
         """L, found on the first input for a wrapped ``nn.Module`` of unknown input size."""
@@ -178,14 +181,14 @@ class SRD(Attributor):
         if self.model.is_vit:
             raise IerfError("SRD decomposes CNNs; for ViT tokens use the AttnLRP or TransMM "
                             "attributors")
-        free = self._bias_free_parts(x, start) if self.bias == "proportional" else None
+        biases = self._biases(x, start) if self.bias == "proportional" else None
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             is_pfv_target = isinstance(target, (PFVTarget, ConceptTarget))
-            logits, outs = self._forward(x, start, layers, free, need_logits=not is_pfv_target)
+            logits, outs = self._forward(x, start, layers, biases, need_logits=not is_pfv_target)
             t = outs[start]
             r_start = self._start_relevance(t, logits, target, start)
-            denom = sharing_denominator(t, None if free is None else free[-1], self.eps)
+            denom = sharing_denominator(t, None if biases is None else biases[-1], self.eps)
             inputs = [x, *(outs[n] for n in layers)]
             grads = torch.autograd.grad(t, inputs, seed(t, r_start, denom), allow_unused=True)
         result = {"input": position_relevance(x, grads[0])[:, 0].detach()}
@@ -225,15 +228,15 @@ class SRD(Attributor):
         return centred.clamp_min(0) if self.final == "clamped-mean" else centred
 
     def _forward(self, x: torch.Tensor, start: str, layers: Sequence[str],
-                 free: list[torch.Tensor] | None, need_logits: bool):
+                 biases: list[torch.Tensor] | None, need_logits: bool):
         """Forward with SRD nonlinearities up to ``start``; returns logits (if needed: the head
         runs untouched) and the outputs of ``start`` and ``layers``."""
         outs: dict[str, torch.Tensor] = {}
-        calls = iter(free or [])
+        calls = iter(biases or [])
 
         def through(v: torch.Tensor, act: Callable) -> torch.Tensor:
-            v_free = next(calls) if free else None
-            return _ShareThrough.apply(v, act, sharing_denominator(v, v_free, self.eps))
+            b = next(calls) if biases else None
+            return _ShareThrough.apply(v, act, sharing_denominator(v, b, self.eps))
 
         mode = NonlinearityMode(through)
 
@@ -259,28 +262,29 @@ class SRD(Attributor):
             for h in handles:
                 h.remove()
 
-    def _bias_free_parts(self, x: torch.Tensor, start: str) -> list[torch.Tensor]:
+    def _biases(self, x: torch.Tensor, start: str) -> list[torch.Tensor]:
         """``v − b`` at every pre-activation (in call order), then at ``start``.
 
-        One forward-mode pass whose tangent is reset to each nonlinearity's output (and is
-        the input at the input), so the tangent at a pre-activation is J·v (Eq. 17 sans bias).
+        The bias part b of an affine segment is its value when all its sources are zero, so
+        one forward pass with a zero input and every nonlinearity output set to zero gives
+        all of them at once (Eq. 17 with v_i = 0). It does not depend on the image, so it is
+        cached per input size. (Exact for max pooling fed by nonlinearity outputs or by
+        per-channel constants, the layouts of common CNNs.)
         """
-        parts: list[torch.Tensor] = []
+        key = (start, tuple(x.shape[1:]), x.device, x.dtype,
+               sum(p._version for p in self.model.net.parameters()))
+        if self._bias_cache.get("key") != key:
+            biases: list[torch.Tensor] = []
 
-        def through(v: torch.Tensor, act: Callable) -> torch.Tensor:
-            primal, tangent = fwAD.unpack_dual(v)
-            parts.append(tangent if tangent is not None else torch.zeros_like(primal))
-            y = act(primal)
-            return fwAD.make_dual(y, y)
+            def zero_out(v: torch.Tensor, act: Callable) -> torch.Tensor:
+                biases.append(v)
+                return torch.zeros_like(act(v))
 
-        def at_start(out: torch.Tensor) -> None:
-            primal, tangent = fwAD.unpack_dual(out)
-            parts.append(tangent if tangent is not None else torch.zeros_like(primal))
-
-        with torch.no_grad(), fwAD.dual_level(), NonlinearityMode(through):
-            forward_until(self.model.net, fwAD.make_dual(x, x), self.model.module(start), at_start)
-        return [p.detach() for p in parts]
-
+            with torch.no_grad(), NonlinearityMode(zero_out):
+                forward_until(self.model.net, torch.zeros_like(x[:1]), self.model.module(start),
+                              biases.append)
+            self._bias_cache = {"key": key, "biases": biases}
+        return self._bias_cache["biases"]
 
 class SRDHigh(SRD):
     """SRD stopped at the stride-8 layer (e.g. 28×28 ``layer2`` of ResNet50), upsampled."""
