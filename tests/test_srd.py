@@ -251,3 +251,17 @@ def test_three_resolutions_come_back_at_input_size(lite0):
     assert all(v.shape == (1, 224, 224) for v in maps.values())
     native = SRD(lite0).relevance(x, layers=["blocks.2"])
     assert native["blocks.2"].shape == (1, 28, 28) and native["bn2"].shape == (1, 7, 7)
+
+
+def test_many_ierfs_in_one_pass_equal_one_at_a_time():
+    net = small_net(nn.GELU)
+    x = torch.randn(2, 3, 16, 16)
+    srd = SRD(net)
+    targets = [ierf.PFVTarget("4", p) for p in (0, 5, 15)] + [
+        ierf.ConceptTarget("4", torch.randn(8), position=3)]
+    many = srd.ierfs(x, targets)
+    assert many.shape == (4, 2, 16, 16)
+    for k, t in enumerate(targets):
+        torch.testing.assert_close(many[k], srd.relevance(x, t)["input"], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ierf.IerfError, match="one layer"):
+        srd.ierfs(x, [ierf.PFVTarget("4", 0), ierf.PFVTarget("2", 0)])

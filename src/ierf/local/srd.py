@@ -72,18 +72,28 @@ def seed(v: torch.Tensor, relevance: torch.Tensor, denom: torch.Tensor) -> torch
 
 
 def position_relevance(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``R_i = ⟨v_i, (Jᵀ s)_i⟩`` per position (Eq. 21 summed as one VJP)."""
-    return (v * grad).sum(channel_dim(v), keepdim=True)
+    """``R_i = ⟨v_i, (Jᵀ s)_i⟩`` per position (Eq. 21 summed as one VJP); ``grad`` may carry
+    extra leading (batched-target) dimensions."""
+    return (v * grad).sum(channel_dim(v) if channel_dim(v) < 0 else grad.dim() - v.dim() + 1,
+                          keepdim=True)
 
 
 class _ShareThrough(torch.autograd.Function):
-    """A nonlinearity whose backward applies SRD: relevance in → seed for the affine below."""
+    """A nonlinearity whose backward applies SRD: relevance in → seed for the affine below.
+
+    vmap-able, so many targets share one forward pass (``is_grads_batched``).
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, act: Callable, denom: torch.Tensor) -> torch.Tensor:
-        y = act(x)
-        ctx.save_for_backward(x, y, denom)
-        return y
+    def forward(x: torch.Tensor, act: Callable, denom: torch.Tensor) -> torch.Tensor:
+        return act(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, _act, denom = inputs
+        ctx.save_for_backward(x, output, denom)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -173,9 +183,27 @@ class SRD(Attributor):
         :class:`~ierf.targets.PFVTarget` / :class:`~ierf.targets.ConceptTarget`, whose layer
         then plays the role of L (its iERF, Eq. 2).
         """
+        pfv_target = isinstance(target, (PFVTarget, ConceptTarget))
+        start = target.layer if pfv_target else self._encoder_layer(self.model.check(x))
+        maps = self._propagate(x, start, layers, [target], need_logits=not pfv_target)
+        return {k: v[0] for k, v in maps.items()}
+
+    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget | ConceptTarget]
+              ) -> torch.Tensor:
+        """iERFs of many PFVs or concept directions of one layer: (K, B, H, W) input maps.
+
+        One forward pass and one batched (vmapped) backward pass for all K targets; this is
+        what the PFV–iERF atlas calls in bulk.
+        """
+        layer = {t.layer for t in targets}
+        if len(layer) != 1:
+            raise IerfError(f"ierfs() takes targets of one layer, got {sorted(layer)}")
+        return self._propagate(x, layer.pop(), [], list(targets), need_logits=False)["input"]
+
+    def _propagate(self, x: torch.Tensor, start: str, layers: Sequence[str],
+                   targets: Sequence[object], need_logits: bool) -> dict[str, torch.Tensor]:
+        """Relevance (K, B, h, w) at the input, ``layers`` and ``start`` for K targets."""
         x = self.model.check(x)
-        start = (target.layer if isinstance(target, (PFVTarget, ConceptTarget))
-                 else self._encoder_layer(x))
         for name in (start, *layers):
             self.model.module(name)
         if self.model.is_vit:
@@ -184,22 +212,23 @@ class SRD(Attributor):
         biases = self._biases(x, start) if self.bias == "proportional" else None
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            is_pfv_target = isinstance(target, (PFVTarget, ConceptTarget))
-            logits, outs = self._forward(x, start, layers, biases, need_logits=not is_pfv_target)
+            logits, outs = self._forward(x, start, layers, biases, need_logits)
             t = outs[start]
-            r_start = self._start_relevance(t, logits, target, start)
+            r_start = torch.stack([self._start_relevance(t, logits, tg) for tg in targets])
             denom = sharing_denominator(t, None if biases is None else biases[-1], self.eps)
             inputs = [x, *(outs[n] for n in layers)]
-            grads = torch.autograd.grad(t, inputs, seed(t, r_start, denom), allow_unused=True)
-        result = {"input": position_relevance(x, grads[0])[:, 0].detach()}
-        for n, v, g in zip(layers, inputs[1:], grads[1:]):
+            many = len(targets) > 1
+            grads = torch.autograd.grad(t, inputs, seed(t, r_start if many else r_start[0], denom),
+                                        allow_unused=True, is_grads_batched=many)
+        result = {}
+        for n, v, g in zip(("input", *layers), inputs, grads):
             g = torch.zeros_like(v) if g is None else g
-            result[n] = position_relevance(v, g)[:, 0].detach()
-        result[start] = r_start[:, 0].detach()
+            result[n] = position_relevance(v, g if many else g[None])[:, :, 0].detach()
+        result[start] = r_start[:, :, 0].detach()
         return result
 
-    def _start_relevance(self, t: torch.Tensor, logits: torch.Tensor, target: object,
-                         start: str) -> torch.Tensor:
+    def _start_relevance(self, t: torch.Tensor, logits: torch.Tensor | None, target: object
+                         ) -> torch.Tensor:
         """Relevance R^L at the start layer, shaped like ``t`` with channels summed (keepdim)."""
         pf = to_pfvs(t, self.model.num_prefix_tokens, self.model.patch_grid)
         if isinstance(target, (PFVTarget, ConceptTarget)):
