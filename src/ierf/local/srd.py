@@ -25,6 +25,7 @@ v̂(i→j) and lives in :mod:`ierf.local.srd_reference`, which measures the diff
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 
 from ierf.errors import IerfError
 from ierf.local.base import Attributor
+from ierf.local.frozen import FrozenMode
 from ierf.local.nonlinearity import (
     ACTIVATION_MODULES,
     AFFINE_MODULES,
@@ -101,20 +103,22 @@ class _ShareThrough(torch.autograd.Function):
         return seed(x, position_relevance(y, grad), denom), None, None
 
 
-def check_supported(net: nn.Module, stop: str) -> None:
-    """Raise for a leaf module SRD cannot decompose, up to layer ``stop``."""
+def check_supported(net: nn.Module, stop: str, vit: bool = False) -> None:
+    """Raise for a leaf module SRD cannot decompose, up to layer ``stop``.
+
+    ViTs may also hold LayerNorm (σ frozen, see :mod:`ierf.local.frozen`).
+    """
+    allowed = AFFINE_MODULES + ACTIVATION_MODULES + ((nn.LayerNorm,) if vit else ())
     for name, m in net.named_modules():
         if name == stop or name.startswith(stop + "."):
             break
-        if next(m.children(), None) is None and not isinstance(m, AFFINE_MODULES +
-                                                                ACTIVATION_MODULES):
-            if type(m).__name__ in _KNOWN_AFFINE_NAMES:
-                continue
+        if next(m.children(), None) is None and not isinstance(m, allowed) \
+                and type(m).__name__ not in _KNOWN_AFFINE_NAMES:
             raise IerfError(f"SRD cannot decompose module {name!r} of type {type(m).__name__}: it is "
                             "neither affine (conv, BN, linear, pooling, add) nor an activation")
 
 
-_KNOWN_AFFINE_NAMES = {"Conv2dSame", "BatchNormAct2d", "Linear", "Identity"}
+_KNOWN_AFFINE_NAMES = {"Conv2dSame"}  # timm's TF-"SAME" conv: F.pad + conv
 
 
 class SRD(Attributor):
@@ -148,7 +152,7 @@ class SRD(Attributor):
         elif self.model.input_size is not None:
             self._layer = self.model.encoder_layer()
         if self._layer is not None:
-            check_supported(self.model.net, self._layer)
+            check_supported(self.model.net, self._layer, self.model.is_vit)
         self._high = high_layer
         self.final, self.bias, self.eps = final, bias, eps
         self._bias_cache: dict[str, object] = {}
@@ -157,7 +161,7 @@ class SRD(Attributor):
         """L, found on the first input for a wrapped ``nn.Module`` of unknown input size."""
         if self._layer is None:
             self._layer = self.model.encoder_layer(x)
-            check_supported(self.model.net, self._layer)
+            check_supported(self.model.net, self._layer, self.model.is_vit)
         return self._layer
 
     @property
@@ -167,8 +171,8 @@ class SRD(Attributor):
         return self._high
 
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
-        key = {"input": "input", "high": self.high_layer, "low": self._encoder_layer(x)
-               }[self.resolution]
+        key = {"input": lambda: "input", "high": lambda: self.high_layer,
+               "low": lambda: self._encoder_layer(x)}[self.resolution]()
         native = self.relevance(x, target, layers=[] if key == "input" else [key])[key]
         if native.shape[-2:] == x.shape[-2:]:
             return native
@@ -206,13 +210,11 @@ class SRD(Attributor):
         x = self.model.check(x)
         for name in (start, *layers):
             self.model.module(name)
-        if self.model.is_vit:
-            raise IerfError("SRD decomposes CNNs; for ViT tokens use the AttnLRP or TransMM "
-                            "attributors")
-        biases = self._biases(x, start) if self.bias == "proportional" else None
+        constants = self._frozen_constants(x, start) if self.model.is_vit else None
+        biases = self._biases(x, start, constants) if self.bias == "proportional" else None
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits, outs = self._forward(x, start, layers, biases, need_logits)
+            logits, outs = self._forward(x, start, layers, biases, need_logits, constants)
             t = outs[start]
             r_start = torch.stack([self._start_relevance(t, logits, tg) for tg in targets])
             denom = sharing_denominator(t, None if biases is None else biases[-1], self.eps)
@@ -223,9 +225,24 @@ class SRD(Attributor):
         result = {}
         for n, v, g in zip(("input", *layers), inputs, grads):
             g = torch.zeros_like(v) if g is None else g
-            result[n] = position_relevance(v, g if many else g[None])[:, :, 0].detach()
-        result[start] = r_start[:, :, 0].detach()
+            result[n] = self._grid_map(position_relevance(v, g if many else g[None]), v)
+        result[start] = self._grid_map(r_start, t)
         return result
+
+    def _grid_map(self, r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(K, B, 1, h, w) or (K, B, T, 1) per-position relevance → (K, B, h, w) map."""
+        if like.dim() == 4:
+            return r[:, :, 0].detach()
+        grid = to_pfvs(like, self.model.num_prefix_tokens, self.model.patch_grid).grid
+        n = grid[0] * grid[1]
+        return r[:, :, -n:, 0].reshape(*r.shape[:2], *grid).detach()
+
+    def _frozen_constants(self, x: torch.Tensor, start: str) -> list[torch.Tensor]:
+        """Attention weights and LayerNorm σ of this forward pass, up to ``start`` (ViT)."""
+        mode = FrozenMode()
+        with torch.no_grad(), mode:
+            forward_until(self.model.net, x, self.model.module(start), lambda out: None)
+        return mode.constants
 
     def _start_relevance(self, t: torch.Tensor, logits: torch.Tensor | None, target: object
                          ) -> torch.Tensor:
@@ -235,7 +252,9 @@ class SRD(Attributor):
             r = target.relevance(pf.vectors.detach())
         else:
             r = self._final_ratios(pf, t, logits, target)
-        return r.reshape(t.shape[0], 1, *t.shape[2:])
+        if t.dim() == 4:
+            return r.reshape(t.shape[0], 1, *t.shape[2:])
+        return torch.cat([torch.zeros_like(t[:, :t.shape[1] - r.shape[1], :1]), r[..., None]], 1)
 
     def _final_ratios(self, pf, t: torch.Tensor, logits: torch.Tensor, target: object
                       ) -> torch.Tensor:
@@ -257,7 +276,8 @@ class SRD(Attributor):
         return centred.clamp_min(0) if self.final == "clamped-mean" else centred
 
     def _forward(self, x: torch.Tensor, start: str, layers: Sequence[str],
-                 biases: list[torch.Tensor] | None, need_logits: bool):
+                 biases: list[torch.Tensor] | None, need_logits: bool,
+                 constants: list[torch.Tensor] | None):
         """Forward with SRD nonlinearities up to ``start``; returns logits (if needed: the head
         runs untouched) and the outputs of ``start`` and ``layers``."""
         outs: dict[str, torch.Tensor] = {}
@@ -268,6 +288,7 @@ class SRD(Attributor):
             return _ShareThrough.apply(v, act, sharing_denominator(v, b, self.eps))
 
         mode = NonlinearityMode(through)
+        frozen = FrozenMode(constants) if constants is not None else None
 
         def record(name: str):
             def hook(_m, _i, out):
@@ -277,10 +298,12 @@ class SRD(Attributor):
         def at_start(out: torch.Tensor) -> None:
             outs.setdefault(start, out)
             mode.active = False
+            if frozen is not None:
+                frozen.active = False
 
         handles = [self.model.module(n).register_forward_hook(record(n)) for n in layers]
         try:
-            with mode:
+            with mode, frozen or nullcontext():
                 if not need_logits:
                     forward_until(self.model.net, x, self.model.module(start), at_start)
                     return None, outs
@@ -291,29 +314,40 @@ class SRD(Attributor):
             for h in handles:
                 h.remove()
 
-    def _biases(self, x: torch.Tensor, start: str) -> list[torch.Tensor]:
+    def _biases(self, x: torch.Tensor, start: str,
+                constants: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """``v − b`` at every pre-activation (in call order), then at ``start``.
 
         The bias part b of an affine segment is its value when all its sources are zero, so
         one forward pass with a zero input and every nonlinearity output set to zero gives
         all of them at once (Eq. 17 with v_i = 0). It does not depend on the image, so it is
         cached per input size. (Exact for max pooling fed by nonlinearity outputs or by
-        per-channel constants, the layouts of common CNNs.)
+        per-channel constants, the layouts of common CNNs.) For a ViT the frozen attention
+        and σ make the biases image-specific: they are replayed and nothing is cached.
         """
+        if constants is not None:
+            return self._zero_source_pass(torch.zeros_like(x), start, constants)
         key = (start, tuple(x.shape[1:]), x.device, x.dtype,
                sum(p._version for p in self.model.net.parameters()))
         if self._bias_cache.get("key") != key:
-            biases: list[torch.Tensor] = []
-
-            def zero_out(v: torch.Tensor, act: Callable) -> torch.Tensor:
-                biases.append(v)
-                return torch.zeros_like(act(v))
-
-            with torch.no_grad(), NonlinearityMode(zero_out):
-                forward_until(self.model.net, torch.zeros_like(x[:1]), self.model.module(start),
-                              biases.append)
-            self._bias_cache = {"key": key, "biases": biases}
+            self._bias_cache = {"key": key,
+                                "biases": self._zero_source_pass(torch.zeros_like(x[:1]), start)}
         return self._bias_cache["biases"]
+
+    def _zero_source_pass(self, zeros: torch.Tensor, start: str,
+                          constants: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Pre-activations (then ``start``'s output) with every source PFV set to zero."""
+        biases: list[torch.Tensor] = []
+
+        def zero_out(v: torch.Tensor, act: Callable) -> torch.Tensor:
+            biases.append(v)
+            return torch.zeros_like(act(v))
+
+        frozen = FrozenMode(constants) if constants is not None else nullcontext()
+        with torch.no_grad(), NonlinearityMode(zero_out), frozen:
+            forward_until(self.model.net, zeros, self.model.module(start), biases.append)
+        return biases
+
 
 class SRDHigh(SRD):
     """SRD stopped at the stride-8 layer (e.g. 28×28 ``layer2`` of ResNet50), upsampled."""

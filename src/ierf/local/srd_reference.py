@@ -13,12 +13,14 @@ paper's code). Relevance is propagated backward (Eq. 28) or iERFs composed forwa
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
+from ierf.local.frozen import FrozenMode
 from ierf.local.nonlinearity import NonlinearityMode, forward_until
 
 
@@ -58,19 +60,26 @@ class SharingRatios:
 
 
 def sharing_ratios(net: nn.Module, x: torch.Tensor, start: nn.Module, bias: str = "proportional",
-                   eps: float = 0.05) -> SharingRatios:
-    """Compute every μ(i→j) of ``net`` on ``x`` up to the output of module ``start``."""
-    sinks, sources = _record(net, x, start)
+                   eps: float = 0.05, frozen: bool = False) -> SharingRatios:
+    """Compute every μ(i→j) of ``net`` on ``x`` up to the output of module ``start``.
+
+    ``frozen``: hold attention weights and LayerNorm σ at their forward values (ViTs, see
+    :mod:`ierf.local.frozen`). Token tensors (B, T, C) have T positions, prefix included.
+    """
+    sinks, sources, constants = _record(net, x, start, frozen)
     contributions: dict[int, dict[int, torch.Tensor]] = {}
     for s, src in enumerate(sources):
-        n = src.shape[2] * src.shape[3]
-        mask = torch.eye(n).reshape(n, 1, *src.shape[2:]).repeat(x.shape[0], 1, 1, 1)
-        tangents = _propagate(net, x.repeat_interleave(n, 0), start, s, mask)
-        contributions[s] = {k: t.reshape(x.shape[0], n, t.shape[1], -1)
+        n = _layout(src).shape[2]
+        eye = torch.eye(n)
+        mask = (eye.reshape(n, 1, *src.shape[2:]) if src.dim() == 4 else eye[:, :, None])
+        mask = mask.repeat(x.shape[0], *[1] * (mask.dim() - 1))
+        replay = None if constants is None else [c.repeat_interleave(n, 0) for c in constants]
+        tangents = _propagate(net, x.repeat_interleave(n, 0), start, s, mask, replay)
+        contributions[s] = {k: _layout(t).reshape(x.shape[0], n, _layout(t).shape[1], -1)
                             for k, t in tangents.items() if k > s - 1 and t.abs().sum() > 0}
     mu: dict[int, dict[int, torch.Tensor]] = {s: {} for s in contributions}
     for k, v in enumerate(sinks):
-        v = v.flatten(2)  # (B, C, N_k)
+        v = _layout(v)  # (B, C, N_k)
         feeds = {s: c[k] for s, c in contributions.items() if k in c and s <= k}
         dots = {s: (c * v[:, None]).sum(2) for s, c in feeds.items()}  # (B, N_s, N_k)
         norm2 = (v * v).sum(1)[:, None]
@@ -93,14 +102,21 @@ def sharing_ratios(net: nn.Module, x: torch.Tensor, start: nn.Module, bias: str 
         for s in dots:
             mu[s][k] = torch.where(safe, (dots[s] + extra[s]) / torch.where(safe, denom[s], 1), 0)
     # sink k (k < K+1) is the input of nonlinearity k+1, whose output is source k+1
-    grids = [tuple(t.shape[2:]) for t in sources]
-    sink_grids = {k + 1: tuple(v.shape[2:]) for k, v in enumerate(sinks)}
+    grids = [tuple(t.shape[2:]) if t.dim() == 4 else (t.shape[1],) for t in sources]
+    sink_grids = {k + 1: tuple(v.shape[2:]) if v.dim() == 4 else (v.shape[1],)
+                  for k, v in enumerate(sinks)}
     mu = {s: {k + 1: m for k, m in d.items()} for s, d in mu.items()}
     return SharingRatios(mu, grids, sink_grids)
 
 
-def _record(net: nn.Module, x: torch.Tensor, start: nn.Module):
-    """Plain forward: pre-activations (sinks), then the start output; sources: input, outputs."""
+def _layout(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) or (B, T, C) → (B, C, positions)."""
+    return t.flatten(2) if t.dim() == 4 else t.transpose(1, 2)
+
+
+def _record(net: nn.Module, x: torch.Tensor, start: nn.Module, frozen: bool):
+    """Plain forward: pre-activations (sinks), then the start output; sources: input, outputs;
+    and the frozen constants (or ``None``)."""
     sinks: list[torch.Tensor] = []
     sources: list[torch.Tensor] = [x]
 
@@ -110,13 +126,15 @@ def _record(net: nn.Module, x: torch.Tensor, start: nn.Module):
         sources.append(y)
         return y
 
-    with torch.no_grad(), NonlinearityMode(through):
+    mode = FrozenMode() if frozen else nullcontext()
+    with torch.no_grad(), NonlinearityMode(through), mode:
         forward_until(net, x, start, sinks.append)
-    return sinks, sources[:len(sinks)]
+    return sinks, sources[:len(sinks)], mode.constants if frozen else None
 
 
 def _propagate(net: nn.Module, x: torch.Tensor, start: nn.Module, source: int,
-               mask: torch.Tensor) -> dict[int, torch.Tensor]:
+               mask: torch.Tensor, constants: list[torch.Tensor] | None
+               ) -> dict[int, torch.Tensor]:
     """Forward-mode pass carrying only ``source``'s masked PFVs; tangents at every sink."""
     tangents: dict[int, torch.Tensor] = {}
     calls = [0]
@@ -135,7 +153,8 @@ def _propagate(net: nn.Module, x: torch.Tensor, start: nn.Module, source: int,
     def at_start(out: torch.Tensor) -> None:
         tangents[calls[0]] = tangent_of(out)
 
-    with torch.no_grad(), fwAD.dual_level(), NonlinearityMode(through):
+    frozen = FrozenMode(constants) if constants is not None else nullcontext()
+    with torch.no_grad(), fwAD.dual_level(), NonlinearityMode(through), frozen:
         dual = fwAD.make_dual(x, x * mask if source == 0 else torch.zeros_like(x))
         forward_until(net, dual, start, at_start)
     return tangents

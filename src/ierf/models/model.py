@@ -131,7 +131,14 @@ class Model:
         return dict(self._grids)
 
     def encoder_layer(self, example: torch.Tensor | None = None) -> str:
-        """The encoder output L: the last layer with a spatial grid larger than 1×1."""
+        """The encoder output L: the last layer with a spatial grid larger than 1×1.
+
+        For a ViT, the input of the last block (output of ``blocks[-2]``): after the last
+        block only the CLS token reaches the head, so patch tokens there carry no gradient.
+        """
+        blocks = getattr(self.net, "blocks", None)
+        if self.is_vit and isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks) > 1:
+            return f"blocks.{len(blocks) - 2}"
         return [n for n, g in self.layer_grids(example).items() if g[0] * g[1] > 1][-1]
 
     def layer_at_stride(self, stride: int) -> str:
@@ -140,8 +147,9 @@ class Model:
         h = self.input_size[1] // stride
         names = [n for n, g in self.layer_grids().items() if g[0] == h]
         if not names:
-            raise IerfError(f"{self.name} has no layer at stride {stride} ({h}×{h} grid); "
-                            f"layers: {self.layer_grids()}")
+            grids = sorted({f"{g[0]}×{g[1]}" for g in self.layer_grids().values()})
+            raise IerfError(f"{self.name} has no layer at stride {stride} ({h}×{h} grid); its "
+                            f"layers have grids {', '.join(grids)}: pass a layer name instead")
         depth = min(n.count(".") for n in names)
         return [n for n in names if n.count(".") == depth][-1]
 
@@ -165,6 +173,8 @@ class Model:
             grid = to_pfvs(out, self.num_prefix_tokens, self.patch_grid).grid
         except IerfError:
             return None
+        if self.is_vit and out.dim() == 4 and self.patch_grid not in (None, grid):
+            return None  # (B, heads, T, d) attention internals are not feature maps
         return grid if grid[0] * grid[1] > 1 or out.dim() == 4 else None
 
     def _trace(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, object]:

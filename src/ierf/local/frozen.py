@@ -1,0 +1,82 @@
+"""Attention weights and LayerNorm scales as constants of the forward pass (ViT SRD).
+
+Our extension of SRD to ViTs (not in the paper, which uses AttnLRP there): with the
+softmax attention matrix A and each LayerNorm's 1/σ held at their forward values, every map
+between two nonlinearities of a ViT (patch embedding, LayerNorm, qkv/proj/MLP linears,
+token mixing ``A·V``, residual adds) is affine, so sharing ratios (Eq. 18) are defined and
+the same one-VJP engine gives ViT tokens their iERFs.
+
+:class:`FrozenMode` records those constants on a first pass and replays them on later ones,
+so the bias pass and the relevance pass see exactly the forward's attention and scales.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
+
+
+class FrozenMode(TorchFunctionMode):
+    """Compute LayerNorm with a constant σ and attention with a constant A.
+
+    Parameters
+    ----------
+    constants : ``None`` to record (``.constants`` fills up in call order), or the list a
+        recording pass produced, to replay.
+    """
+
+    def __init__(self, constants: list[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.recording = constants is None
+        self.constants: list[torch.Tensor] = [] if constants is None else constants
+        self._next = 0
+        self.active = True
+
+    def _constant(self, compute) -> torch.Tensor:
+        if self.recording:
+            value = compute().detach()
+            self.constants.append(value)
+            return value
+        value = self.constants[self._next]
+        self._next += 1
+        return value
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.active:
+            return func(*args, **kwargs)
+        if func is F.layer_norm:
+            return self._layer_norm(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            return self._attention(*args, **kwargs)
+        if func in _SOFTMAX:
+            return self._constant(lambda: func(*args, **kwargs))
+        return func(*args, **kwargs)
+
+    def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        dims = tuple(range(-len(normalized_shape), 0))
+        centred = x - x.mean(dims, keepdim=True)
+        sigma = self._constant(lambda: (x.var(dims, unbiased=False, keepdim=True) + eps).sqrt())
+        y = centred / sigma
+        if weight is not None:
+            y = y * weight
+        return y + bias if bias is not None else y
+
+    def _attention(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False):
+        def weights() -> torch.Tensor:
+            logits = q @ k.transpose(-2, -1) * (scale or 1 / math.sqrt(q.shape[-1]))
+            if is_causal:
+                causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
+                logits = logits.masked_fill(~causal.tril(), float("-inf"))
+            if attn_mask is not None:
+                logits = (logits.masked_fill(~attn_mask, float("-inf"))
+                          if attn_mask.dtype == torch.bool else logits + attn_mask)
+            return logits.softmax(-1)
+
+        return self._constant(weights) @ v
