@@ -34,3 +34,23 @@ def test_positive_mass_lies_mostly_on_the_object(lite0, photo, expected, method)
     assert int(lite0(x).argmax()) == target
     share = positive_share(ierf.attributor(method, lite0).attribute(x, target)[0], mask)
     assert share > 0.55  # the object covers 25 % of the image
+
+
+def attribution_localisation(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of positive attribution inside the ground-truth mask, per image."""
+    pos = saliency.clamp_min(0)
+    return (pos * mask).sum((1, 2)) / pos.sum((1, 2)).clamp_min(1e-12)
+
+
+def test_srd_localises_the_class_determining_parts_better_than_the_gradient():
+    from ierf.data.synthetic import generate
+
+    model = ierf.load_model("toy-resnet")
+    batch = generate(48, seed=77, split="test")
+    x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+    srd = attribution_localisation(ierf.attributor("srd", model).attribute(x, batch.labels),
+                                   batch.parts_mask)
+    grad = attribution_localisation(ierf.attributor("gradient", model).attribute(x, batch.labels),
+                                    batch.parts_mask)
+    assert srd.mean() > grad.mean() + 0.2
+    assert srd.mean() > 3 * batch.parts_mask.float().mean()  # far above the mask's area share
