@@ -76,7 +76,7 @@ def sharing_ratios(net: nn.Module, x: torch.Tensor, start: nn.Module, bias: str 
         replay = None if constants is None else [c.repeat_interleave(n, 0) for c in constants]
         tangents = _propagate(net, x.repeat_interleave(n, 0), start, s, mask, replay)
         contributions[s] = {k: _layout(t).reshape(x.shape[0], n, _layout(t).shape[1], -1)
-                            for k, t in tangents.items() if k > s - 1 and t.abs().sum() > 0}
+                            for k, t in tangents.items() if k >= s}
     mu: dict[int, dict[int, torch.Tensor]] = {s: {} for s in contributions}
     for k, v in enumerate(sinks):
         v = _layout(v)  # (B, C, N_k)
@@ -143,15 +143,18 @@ def _propagate(net: nn.Module, x: torch.Tensor, start: nn.Module, source: int,
         primal, t = fwAD.unpack_dual(v)
         return torch.zeros_like(primal) if t is None else t
 
+    def keep(k: int, t: torch.Tensor) -> None:
+        if t.abs().amax() > 0:  # only sinks this source feeds
+            tangents[k] = t
+
     def through(v: torch.Tensor, act: Callable) -> torch.Tensor:
-        k = calls[0]
-        tangents[k] = tangent_of(v)
+        keep(calls[0], tangent_of(v))
         calls[0] += 1
         y = act(fwAD.unpack_dual(v)[0])
         return fwAD.make_dual(y, y * mask if calls[0] == source else torch.zeros_like(y))
 
     def at_start(out: torch.Tensor) -> None:
-        tangents[calls[0]] = tangent_of(out)
+        keep(calls[0], tangent_of(out))
 
     frozen = FrozenMode(constants) if constants is not None else nullcontext()
     with torch.no_grad(), fwAD.dual_level(), NonlinearityMode(through), frozen:
