@@ -261,6 +261,7 @@ def test_many_ierfs_in_one_pass_equal_one_at_a_time():
         ierf.ConceptTarget("4", torch.randn(8), position=3)]
     many = srd.ierfs(x, targets)
     assert many.shape == (4, 2, 16, 16)
+    torch.testing.assert_close(srd.ierfs(x, targets, internal_batch_size=3), many)
     for k, t in enumerate(targets):
         torch.testing.assert_close(many[k], srd.relevance(x, t)["input"], atol=1e-6, rtol=1e-5)
     with pytest.raises(ierf.IerfError, match="one layer"):

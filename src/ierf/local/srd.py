@@ -192,20 +192,23 @@ class SRD(Attributor):
         maps = self._propagate(x, start, layers, [target], need_logits=not pfv_target)
         return {k: v[0] for k, v in maps.items()}
 
-    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget | ConceptTarget]
-              ) -> torch.Tensor:
+    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget | ConceptTarget],
+              internal_batch_size: int = 16) -> torch.Tensor:
         """iERFs of many PFVs or concept directions of one layer: (K, B, H, W) input maps.
 
-        One forward pass and one batched (vmapped) backward pass for all K targets; this is
-        what the PFV–iERF atlas calls in bulk.
+        One forward pass, then batched (vmapped) backward passes over chunks of
+        ``internal_batch_size`` targets (memory grows with the chunk); this is what the
+        PFV–iERF atlas calls in bulk.
         """
         layer = {t.layer for t in targets}
         if len(layer) != 1:
             raise IerfError(f"ierfs() takes targets of one layer, got {sorted(layer)}")
-        return self._propagate(x, layer.pop(), [], list(targets), need_logits=False)["input"]
+        return self._propagate(x, layer.pop(), [], list(targets), need_logits=False,
+                               chunk=internal_batch_size)["input"]
 
     def _propagate(self, x: torch.Tensor, start: str, layers: Sequence[str],
-                   targets: Sequence[object], need_logits: bool) -> dict[str, torch.Tensor]:
+                   targets: Sequence[object], need_logits: bool, chunk: int = 1
+                   ) -> dict[str, torch.Tensor]:
         """Relevance (K, B, h, w) at the input, ``layers`` and ``start`` for K targets."""
         x = self.model.check(x)
         for name in (start, *layers):
@@ -219,15 +222,24 @@ class SRD(Attributor):
             r_start = torch.stack([self._start_relevance(t, logits, tg) for tg in targets])
             denom = sharing_denominator(t, None if biases is None else biases[-1], self.eps)
             inputs = [x, *(outs[n] for n in layers)]
-            many = len(targets) > 1
-            grads = torch.autograd.grad(t, inputs, seed(t, r_start if many else r_start[0], denom),
-                                        allow_unused=True, is_grads_batched=many)
-        result = {}
-        for n, v, g in zip(("input", *layers), inputs, grads):
-            g = torch.zeros_like(v) if g is None else g
-            result[n] = self._grid_map(position_relevance(v, g if many else g[None]), v)
+            seeds = seed(t, r_start, denom)  # (K, *t.shape)
+            parts = [self._backward(t, inputs, seeds[i:i + chunk], i + chunk < len(seeds))
+                     for i in range(0, len(seeds), max(chunk, 1))]
+        result = {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(("input", *layers))}
         result[start] = self._grid_map(r_start, t)
         return result
+
+    def _backward(self, t: torch.Tensor, inputs: list[torch.Tensor], seeds: torch.Tensor,
+                  retain: bool) -> list[torch.Tensor]:
+        """One (vmapped, for several seeds) SRD backward pass → (k, B, h, w) per input."""
+        many = len(seeds) > 1
+        grads = torch.autograd.grad(t, inputs, seeds if many else seeds[0], allow_unused=True,
+                                    is_grads_batched=many, retain_graph=retain)
+        out = []
+        for v, g in zip(inputs, grads):
+            g = torch.zeros_like(v) if g is None else g
+            out.append(self._grid_map(position_relevance(v, g if many else g[None]), v))
+        return out
 
     def _grid_map(self, r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """(K, B, 1, h, w) or (K, B, T, 1) per-position relevance → (K, B, h, w) map."""
