@@ -171,8 +171,8 @@ class SRD(Attributor):
         return self._high
 
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
-        key = {"input": lambda: "input", "high": lambda: self.high_layer,
-               "low": lambda: self._encoder_layer(x)}[self.resolution]()
+        key = ("input" if self.resolution == "input" else
+               self.high_layer if self.resolution == "high" else self._encoder_layer(x))
         native = self.relevance(x, target, layers=[] if key == "input" else [key])[key]
         if native.shape[-2:] == x.shape[-2:]:
             return native
@@ -200,6 +200,8 @@ class SRD(Attributor):
         ``internal_batch_size`` targets (memory grows with the chunk); this is what the
         PFV–iERF atlas calls in bulk.
         """
+        if internal_batch_size < 1:
+            raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
         layer = {t.layer for t in targets}
         if len(layer) != 1:
             raise IerfError(f"ierfs() takes targets of one layer, got {sorted(layer)}")
@@ -224,7 +226,7 @@ class SRD(Attributor):
             inputs = [x, *(outs[n] for n in layers)]
             seeds = seed(t, r_start, denom)  # (K, *t.shape)
             parts = [self._backward(t, inputs, seeds[i:i + chunk], i + chunk < len(seeds))
-                     for i in range(0, len(seeds), max(chunk, 1))]
+                     for i in range(0, len(seeds), chunk)]
         result = {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(("input", *layers))}
         result[start] = self._grid_map(r_start, t)
         return result
