@@ -7,8 +7,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ierf.errors import IerfError
 from ierf.models.model import Model, as_model
-from ierf.targets import resolve_target
+from ierf.targets import ClassTarget, resolve_target
 
 
 class Attributor:
@@ -46,6 +47,21 @@ class Attributor:
     def score(self, logits: torch.Tensor, target: object) -> torch.Tensor:
         """(B,) target scores of ``logits`` (the target resolved against these logits)."""
         return resolve_target(target, logits.detach(), self.model.class_names)(logits)
+
+    def class_indices(self, x: torch.Tensor, target: object) -> torch.Tensor:
+        """(B,) class indices of a class target, resolved on one no-grad forward pass of ``x``.
+
+        For wrapped libraries that take class indices (Captum, pytorch-grad-cam, Zennit):
+        ``auto`` becomes each image's top class, names become indices, and the range is checked.
+        """
+        with torch.no_grad():
+            logits = self.model.net(x)
+        resolved = resolve_target(target, logits, self.model.class_names)
+        if not isinstance(resolved, ClassTarget):
+            raise IerfError(f"method {self.name!r} explains class logits: give a class index or "
+                            f"name, 'auto', or ierf.ClassTarget, not {target!r}")
+        resolved(logits)  # checks the range of a ClassTarget passed as an object
+        return resolved.indices(x.shape[0], x.device)
 
     def close(self) -> None:
         """Release hooks or other resources (nothing to do for hook-free attributors)."""
