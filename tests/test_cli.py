@@ -59,3 +59,13 @@ def test_console_script_is_installed(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "tripod" in run.stdout and (tmp_path / "cam.png").is_file()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    out = tmp_path / "c.png"
+    assert main(["explain", "camera", "--method", "gradient", "-o", str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
