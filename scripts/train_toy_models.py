@@ -8,10 +8,17 @@ each model's epochs, training-set size, initialisation and training time)::
     PYTHONPATH=src python scripts/train_toy_models.py --models toy-vit --epochs 10
     PYTHONPATH=src python scripts/train_toy_models.py --init-from toy-resnet --epochs 1 \
         --n-train 6000 --models toy-resnet-elu toy-resnet-leakyrelu toy-resnet-silu \
-        toy-resnet-gelu toy-resnet-tanh
+        toy-resnet-gelu
 
 The activation variants are fine-tuned from the ReLU toy-resnet (same architecture, the
-activation swapped), one epoch each, to keep the whole set reproducible in minutes.
+activation swapped), one epoch each, to keep the whole set reproducible in minutes. Tanh
+saturates when started from ReLU weights, so toy-resnet-tanh is trained from scratch and
+then continued from itself (its ``schedule`` entry in ``toy_models.json``)::
+
+    A="--models toy-resnet-tanh --n-train 6000"
+    PYTHONPATH=src python scripts/train_toy_models.py $A --epochs 4
+    PYTHONPATH=src python scripts/train_toy_models.py $A --init-from toy-resnet-tanh --epochs 3 --lr 2e-3
+    PYTHONPATH=src python scripts/train_toy_models.py $A --init-from toy-resnet-tanh --epochs 2 --lr 1e-3
 """
 
 from __future__ import annotations

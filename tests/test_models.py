@@ -150,3 +150,20 @@ def test_weights_from_a_file_round_trip(tmp_path):
         torch.testing.assert_close(again(x), model(x))
     with pytest.raises(ierf.IerfError, match="does not exist"):
         ierf.load_model("vit_tiny_patch16_224", weights=tmp_path / "missing.pth")
+
+
+def test_toy_models_load_through_the_zoo_and_classify_the_benchmark():
+    from ierf.data.synthetic import CLASS_NAMES, generate
+    from ierf.models.toy import TOY_MODELS
+
+    batch = generate(64, seed=99, split="test")
+    for name in TOY_MODELS:
+        model = ierf.load_model(name)
+        assert model.input_size == (3, 64, 64) and model.class_names == CLASS_NAMES
+        x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+        with torch.no_grad():
+            accuracy = (model(x).argmax(1) == batch.labels).float().mean()
+        assert accuracy >= 0.85, name
+    vit = ierf.load_model("toy-vit")
+    p = vit.pfvs(x[:2], "blocks.2")["blocks.2"]
+    assert vit.is_vit and p.grid == (8, 8) and p.prefix.shape[1] == 1
