@@ -266,3 +266,18 @@ def test_many_ierfs_in_one_pass_equal_one_at_a_time():
         torch.testing.assert_close(many[k], srd.relevance(x, t)["input"], atol=1e-6, rtol=1e-5)
     with pytest.raises(ierf.IerfError, match="one layer"):
         srd.ierfs(x, [ierf.PFVTarget("4", 0), ierf.PFVTarget("2", 0)])
+
+
+def test_scalar_target_on_pfvs():
+    net = small_net(nn.ReLU)
+    x = torch.randn(2, 3, 16, 16)
+    srd = SRD(net)
+    u = torch.randn(8)
+    linear = srd.relevance(x, ierf.ScalarTarget("4", lambda v: (v @ u).sum(1)))["input"]
+    concept = srd.relevance(x, ierf.ConceptTarget("4", u))["input"]
+    torch.testing.assert_close(linear, concept, atol=1e-6, rtol=1e-5)
+    energy = srd.relevance(x, ierf.ScalarTarget("4", lambda v: v.square().sum((1, 2))))
+    pfv = net[:5](x).detach().flatten(2)
+    torch.testing.assert_close(energy["4"].flatten(1), 2 * pfv.square().sum(1))  # ⟨v, 2v⟩
+    with pytest.raises(ierf.IerfError, match="one score per image"):
+        srd.relevance(x, ierf.ScalarTarget("4", lambda v: v.sum(1)))

@@ -54,3 +54,17 @@ def test_srd_localises_the_class_determining_parts_better_than_the_gradient():
                                     batch.parts_mask)
     assert srd.mean() > grad.mean() + 0.2
     assert srd.mean() > 3 * batch.parts_mask.float().mean()  # far above the mask's area share
+
+
+def test_srd_runs_on_every_toy_model_and_beats_the_mask_area():
+    from ierf.data.synthetic import generate
+    from ierf.models.toy import TOY_MODELS
+
+    batch = generate(16, seed=78, split="test")
+    area = batch.parts_mask.float().mean()
+    for name in TOY_MODELS:
+        model = ierf.load_model(name)
+        x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+        saliency = ierf.attributor("srd", model).attribute(x, batch.labels)
+        assert saliency.shape == (16, 64, 64) and torch.isfinite(saliency).all(), name
+        assert attribution_localisation(saliency, batch.parts_mask).mean() > 2 * area, name

@@ -115,3 +115,26 @@ class ConceptTarget:
             r = torch.zeros_like(r).index_copy_(1, torch.tensor([self.position], device=r.device),
                                                 r[:, self.position:self.position + 1])
         return r
+
+
+@dataclass(frozen=True)
+class ScalarTarget:
+    """Any scalar built on ``layer``'s PFVs: ``fn`` maps (B, N, C) PFVs to (B,) scores.
+
+    Its relevance per position is gradient × input at the PFV level, ``R_p = ⟨v_p, ∂z/∂v_p⟩``
+    (for a linear ``fn`` such as a concept projection this equals the projection itself).
+    """
+
+    layer: str
+    fn: object
+
+    def relevance(self, pfvs: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) PFVs of ``layer`` → (B, N) starting relevance."""
+        v = pfvs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = self.fn(v)
+            if z.shape != (v.shape[0],):
+                raise IerfError(f"a ScalarTarget's fn must return one score per image, shape "
+                                f"({v.shape[0]},); got {tuple(z.shape)}")
+            (grad,) = torch.autograd.grad(z.sum(), v)
+        return (v * grad).sum(-1).detach()

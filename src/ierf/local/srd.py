@@ -43,9 +43,10 @@ from ierf.local.nonlinearity import (
 )
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
-from ierf.targets import ConceptTarget, PFVTarget, resolve_target
+from ierf.targets import ConceptTarget, PFVTarget, ScalarTarget, resolve_target
 
 FINAL_RATIOS = ("clamped-mean", "mean", "raw", "ones")
+PFV_TARGETS = (PFVTarget, ConceptTarget, ScalarTarget)
 BIAS_RULES = ("proportional", "absorb")
 
 
@@ -184,15 +185,16 @@ class SRD(Attributor):
         """Native-resolution relevance: ``"input"`` (B, H, W) and each of ``layers`` (B, h, w).
 
         ``target`` is a class (index, name, ``None`` = top class), or a
-        :class:`~ierf.targets.PFVTarget` / :class:`~ierf.targets.ConceptTarget`, whose layer
+        :class:`~ierf.targets.PFVTarget` / :class:`~ierf.targets.ConceptTarget` /
+        :class:`~ierf.targets.ScalarTarget`, whose layer
         then plays the role of L (its iERF, Eq. 2).
         """
-        pfv_target = isinstance(target, (PFVTarget, ConceptTarget))
+        pfv_target = isinstance(target, PFV_TARGETS)
         start = target.layer if pfv_target else self._encoder_layer(self.model.check(x))
         maps = self._propagate(x, start, layers, [target], need_logits=not pfv_target)
         return {k: v[0] for k, v in maps.items()}
 
-    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget | ConceptTarget],
+    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget | ConceptTarget | ScalarTarget],
               internal_batch_size: int = 16) -> torch.Tensor:
         """iERFs of many PFVs or concept directions of one layer: (K, B, H, W) input maps.
 
@@ -262,7 +264,7 @@ class SRD(Attributor):
                          ) -> torch.Tensor:
         """Relevance R^L at the start layer, shaped like ``t`` with channels summed (keepdim)."""
         pf = to_pfvs(t, self.model.num_prefix_tokens, self.model.patch_grid)
-        if isinstance(target, (PFVTarget, ConceptTarget)):
+        if isinstance(target, PFV_TARGETS):
             r = target.relevance(pf.vectors.detach())
         else:
             r = self._final_ratios(pf, t, logits, target)
