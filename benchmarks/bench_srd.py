@@ -3,8 +3,8 @@
     python benchmarks/bench_srd.py [--models resnet50 efficientnet_lite0] [--batch 8]
 
 Prints ms/image, the ratio to the plain input gradient measured in the same process, and
-the peak memory of each method (CUDA: max allocated; CPU: peak RSS of a fresh process
-running the method once, minus that process's RSS after loading the model).
+the peak memory of each method (CUDA: max allocated above the model; CPU: peak RSS of a
+fresh process that loads the model and runs the method once, model included).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def _no_inplace(net: torch.nn.Module) -> None:
 
 
 def peak_memory_mb(model_name: str, method: str, batch: int, device: str) -> float:
-    """Peak memory of one call, in a fresh process (CPU) or from the CUDA allocator."""
+    """Peak memory (MB) of one call: CUDA allocator above the model, or on the CPU the peak RSS
+    of a fresh process running it (model and interpreter included: compare rows, not zero)."""
     if device.startswith("cuda"):
         model = load(model_name, device)
         x = torch.randn(batch, *model.input_size, device=device)
@@ -88,8 +89,8 @@ def peak_memory_mb(model_name: str, method: str, batch: int, device: str) -> flo
             "from bench_srd import load, make_method;"
             f"m = load({model_name!r}, 'cpu'); x = torch.randn({batch}, *m.input_size);"
             f"f = make_method({method!r}, m); t = torch.zeros({batch}, dtype=torch.long);"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; f(x, t);"
-            "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))")
+            "f(x, t); peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "print(json.dumps(peak / 1024))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
