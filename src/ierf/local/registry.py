@@ -7,8 +7,13 @@ from torch import nn
 from ierf.errors import unknown_name
 from ierf.local.base import Attributor
 from ierf.local.cams import CAMS
-from ierf.local.captum_methods import (GradientXInput, GuidedBackprop, IntegratedGradients,
-                                       Saliency, SmoothGrad)
+from ierf.local.captum_methods import (
+    GradientXInput,
+    GuidedBackprop,
+    IntegratedGradients,
+    Saliency,
+    SmoothGrad,
+)
 from ierf.local.gradients import Gradient
 from ierf.local.lrp import LRPZPlus
 from ierf.local.srd import SRD, SRDHigh, SRDLow
