@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -12,7 +13,7 @@ from ierf.models.model import Model, as_model
 from ierf.targets import ClassTarget, resolve_target
 
 
-class Attributor:
+class Attributor(ABC):
     """Base class: validates input, resolves the target, returns maps on the input's device.
 
     Subclasses implement :meth:`_attribute`. Attributors that register hooks release them
@@ -41,8 +42,9 @@ class Attributor:
         out = self._attribute(x, target)
         return out.to(x.device)
 
+    @abstractmethod
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement _attribute")
+        """(B, H, W) maps for a validated batch ``x``; each method implements this."""
 
     def score(self, logits: torch.Tensor, target: object) -> torch.Tensor:
         """(B,) target scores of ``logits`` (the target resolved against these logits)."""

@@ -15,6 +15,8 @@ pytorch-grad-cam is imported on first use (it pulls in OpenCV and scikit-learn: 
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -34,8 +36,9 @@ class _PytorchGradCam(Attributor):
 
     images_per_call: ClassVar[int | None] = None  # None: the whole batch at once
 
+    @abstractmethod
     def _make_cam(self) -> BaseCAM:
-        raise NotImplementedError
+        """A fresh pytorch-grad-cam object for one call."""
 
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
