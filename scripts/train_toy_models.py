@@ -1,7 +1,7 @@
 """Train the toy models on the synthetic benchmark and write their checkpoints.
 
 Reproduces ``src/ierf/models/weights/{name}.safetensors`` and ``toy_models.json``
-on a CPU. The committed checkpoints came from these three runs (``toy_models.json`` records
+on a CPU. The committed checkpoints came from the runs below (``toy_models.json`` records
 each model's epochs, training-set size, initialisation and training time)::
 
     PYTHONPATH=src python scripts/train_toy_models.py --models toy-resnet toy-vgg
