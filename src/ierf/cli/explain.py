@@ -1,34 +1,16 @@
-"""The ``ierf`` command line: explain an image, list models, methods and layers."""
+"""`ierf explain`, `ierf models`, `ierf methods`, `ierf layers`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
-
-from ierf.errors import IerfError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ierf`` console script."""
-    args = _parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-    try:
-        return args.run(args)
-    except IerfError as e:
-        print(f"ierf: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _parser() -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the explain and listing subcommands."""
     from ierf.local.registry import DEFAULT_METHOD
-
-    p = argparse.ArgumentParser(prog="ierf", description=__doc__)
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     e = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
     e.add_argument("image", help="image file, or a bundled photo: chelsea, coffee, camera, ...")
@@ -49,7 +31,6 @@ def _parser() -> argparse.ArgumentParser:
     la = sub.add_parser("layers", help="list a model's analysable layers")
     la.add_argument("model")
     la.set_defaults(run=_layers)
-    return p
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -112,6 +93,3 @@ def _layers(args: argparse.Namespace) -> int:
     print("\n".join(load_model(args.model, weights=None).layer_names()))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The ``ierf`` command line.
+
+Each subcommand lives in its own module of this package with a ``register(sub)`` function
+that adds its parser(s); ``ierf bench <what>`` subcommands register on the ``bench`` group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from collections.abc import Sequence
+
+from ierf.errors import IerfError
+
+#: modules adding top-level subcommands (``register(sub)``)
+COMMANDS = ("ierf.cli.explain",)
+#: modules adding ``ierf bench`` subcommands (``register(bench_sub)``)
+BENCH_COMMANDS: tuple[str, ...] = ()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ierf`` console script."""
+    args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    try:
+        return args.run(args)
+    except IerfError as e:
+        print(f"ierf: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ierf", description="Explain vision models: SRD saliency, "
+                                "iERFs, concepts and their evaluation.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    if BENCH_COMMANDS:
+        bench = sub.add_parser("bench", help="run an evaluation benchmark and write its tables")
+        bench_sub = bench.add_subparsers(required=True, metavar="BENCHMARK")
+        for name in BENCH_COMMANDS:
+            importlib.import_module(name).register(bench_sub)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())
