@@ -10,7 +10,6 @@ fresh process that loads the model and runs the method once, model included).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess

@@ -67,8 +67,8 @@ def test_timm_vit_pfvs_match_forward_intermediates():
     model = ierf.load_model("vit_small_patch16_224", weights=None)
     x = torch.randn(2, 3, 224, 224)
     p = model.pfvs(x, "blocks.6")["blocks.6"]
-    final, inter = model.net.forward_intermediates(x, indices=[6], return_prefix_tokens=True,
-                                                   norm=False)
+    _, inter = model.net.forward_intermediates(x, indices=[6], return_prefix_tokens=True,
+                                               norm=False)
     spatial, prefix = inter[0]  # (B, C, H, W), (B, P, C)
     assert p.grid == (14, 14) and p.vectors.shape == (2, 196, 384)
     torch.testing.assert_close(p.as_map(), spatial)

@@ -16,7 +16,6 @@ pytorch-grad-cam is imported on first use (it pulls in OpenCV and scikit-learn: 
 from __future__ import annotations
 
 from abc import abstractmethod
-
 from typing import TYPE_CHECKING, ClassVar
 
 import torch

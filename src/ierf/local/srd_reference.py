@@ -99,8 +99,8 @@ def sharing_ratios(net: nn.Module, x: torch.Tensor, start: nn.Module, bias: str 
         else:
             raise ValueError(f"unknown bias rule {bias!r}")
         safe = norm2 > 0
-        for s in dots:
-            mu[s][k] = torch.where(safe, (dots[s] + extra[s]) / torch.where(safe, denom[s], 1), 0)
+        for s, dot in dots.items():
+            mu[s][k] = torch.where(safe, (dot + extra[s]) / torch.where(safe, denom[s], 1), 0)
     # sink k (k < K+1) is the input of nonlinearity k+1, whose output is source k+1
     grids = [tuple(t.shape[2:]) if t.dim() == 4 else (t.shape[1],) for t in sources]
     sink_grids = {k + 1: tuple(v.shape[2:]) if v.dim() == 4 else (v.shape[1],)

@@ -47,7 +47,7 @@ def to_pfvs(output: torch.Tensor, num_prefix_tokens: int = 0,
     grid : patch grid of the model, if known; otherwise inferred as square.
     """
     if output.dim() == 4:
-        b, c, h, w = output.shape
+        h, w = output.shape[2:]
         return PFVs(output.flatten(2).transpose(1, 2), (h, w))
     if output.dim() == 3:
         t = output.shape[1]

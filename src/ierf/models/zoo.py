@@ -50,7 +50,7 @@ def load_model(name: str, weights: str | Path | None = "pretrained") -> Model:
         **{n: (lambda p, n=n: _timm(n, p)) for n in TIMM_MODELS},
     }
     if name.startswith("timm/"):
-        builder = lambda p: _timm(name.removeprefix("timm/"), p)  # noqa: E731
+        builder = lambda p: _timm(name.removeprefix("timm/"), p)
     elif name in builders:
         builder = builders[name]
     else:
