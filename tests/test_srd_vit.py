@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torchvision
 
 import ierf
+from ierf.local.frozen import FrozenMode
 from ierf.local.srd import SRD
 from ierf.local.srd_reference import sharing_ratios
 
@@ -56,3 +58,36 @@ def test_toy_style_vit_through_the_registry():
     x = torch.randn(1, 3, 224, 224)
     maps = {m: ierf.attributor(m, model).attribute(x, 3) for m in ("srd", "srd-low")}
     assert all(v.shape == (1, 224, 224) and torch.isfinite(v).all() for v in maps.values())
+
+
+def tiny_torchvision_vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=3,
+                                               num_heads=2, hidden_dim=8, mlp_dim=16,
+                                               num_classes=5)
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    return net.eval()
+
+
+def test_torchvision_vit_frozen_forward_is_the_forward_and_fast_equals_reference():
+    net = tiny_torchvision_vit()
+    x = torch.randn(2, 3, 16, 16)
+    with FrozenMode():  # nn.MultiheadAttention re-expressed with a recorded softmax
+        frozen_logits = net(x)
+    torch.testing.assert_close(frozen_logits, net(x), atol=1e-5, rtol=1e-5)
+    srd = SRD(net)
+    layer = srd.model.encoder_layer(x)
+    assert layer == "encoder.layers.encoder_layer_1"  # input of the last block
+    r = srd.relevance(x, target=[1, 2])
+    start = torch.cat([torch.zeros(2, 1), r[layer].flatten(1)], 1)
+    ref = sharing_ratios(net, x, net.get_submodule(layer), frozen=True).backward(start)
+    torch.testing.assert_close(r["input"], ref.reshape(2, 16, 16),
+                               atol=1e-5 * ref.abs().max().item(), rtol=1e-4)
+
+
+def test_multi_head_attention_with_a_mask_is_refused():
+    mha = torch.nn.MultiheadAttention(8, 2).eval()
+    x = torch.randn(4, 1, 8)
+    with FrozenMode(), pytest.raises(ierf.IerfError, match="need_weights=False"):
+        mha(x, x, x, attn_mask=torch.zeros(4, 4, dtype=torch.bool), need_weights=False)

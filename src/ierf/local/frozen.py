@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ierf.errors import IerfError
+
 _SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
 
 
@@ -56,6 +58,8 @@ class FrozenMode(TorchFunctionMode):
             return self._attention(*args, **kwargs)
         if func in _SOFTMAX:
             return self._constant(lambda: func(*args, **kwargs))
+        if func is F.multi_head_attention_forward:  # nn.MultiheadAttention (torchvision ViTs)
+            return self._multi_head_attention(*args, **kwargs)
         return func(*args, **kwargs)
 
     def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -80,3 +84,32 @@ class FrozenMode(TorchFunctionMode):
             return logits.softmax(-1)
 
         return self._constant(weights) @ v
+
+    def _multi_head_attention(self, query, key, value, embed_dim, num_heads, in_proj_weight,
+                              in_proj_bias, bias_k, bias_v, add_zero_attn, dropout_p,
+                              out_proj_weight, out_proj_bias, training=True,
+                              key_padding_mask=None, need_weights=True, attn_mask=None,
+                              use_separate_proj_weight=False, q_proj_weight=None,
+                              k_proj_weight=None, v_proj_weight=None, static_k=None,
+                              static_v=None, average_attn_weights=True, is_causal=False):
+        """``F.multi_head_attention_forward`` for plain self-attention, its softmax through
+        :meth:`_attention` (a mode does not see the calls inside a function it passes on)."""
+        if (bias_k is not None or add_zero_attn or key_padding_mask is not None
+                or attn_mask is not None or static_k is not None or is_causal
+                or query.dim() != 3 or (training and dropout_p > 0) or need_weights):
+            raise IerfError("frozen attention supports nn.MultiheadAttention called with "
+                            "need_weights=False and without masks, bias_k/v, zero attention, "
+                            "static keys or training dropout; explain this model with a "
+                            "gradient-based method instead")
+        weights = ((q_proj_weight, k_proj_weight, v_proj_weight) if use_separate_proj_weight
+                   else in_proj_weight.chunk(3))
+        biases = (None,) * 3 if in_proj_bias is None else in_proj_bias.chunk(3)
+        length, batch, _ = query.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, h, L, E/h)
+            return t.reshape(t.shape[0], batch, num_heads, -1).permute(1, 2, 0, 3)
+
+        q, k, v = (heads(F.linear(t, w, b)) for t, w, b in zip((query, key, value), weights,
+                                                                 biases, strict=True))
+        out = self._attention(q, k, v).permute(2, 0, 1, 3).reshape(length, batch, embed_dim)
+        return F.linear(out, out_proj_weight, out_proj_bias), None

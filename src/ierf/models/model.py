@@ -136,9 +136,9 @@ class Model:
         For a ViT, the input of the last block (output of ``blocks[-2]``): after the last
         block only the CLS token reaches the head, so patch tokens there carry no gradient.
         """
-        blocks = getattr(self.net, "blocks", None)
-        if self.is_vit and isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks) > 1:
-            return f"blocks.{len(blocks) - 2}"
+        blocks = vit_blocks(self.net) if self.is_vit else None
+        if blocks is not None and len(blocks[1]) > 1:
+            return f"{blocks[0]}.{list(blocks[1].named_children())[-2][0]}"
         return [n for n, g in self.layer_grids(example).items() if g[0] * g[1] > 1][-1]
 
     def layer_at_stride(self, stride: int) -> str:
@@ -207,8 +207,35 @@ def as_model(model: Model | nn.Module) -> Model:
     if not isinstance(model, nn.Module):
         raise IerfError(f"expected an ierf.Model or a torch.nn.Module, got {type(model).__name__}")
     num_classes = _guess_num_classes(model)
+    prefix, grid = vit_layout(model)
     return Model(model, type(model).__name__, [f"class {i}" for i in range(num_classes)],
-                 num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)))
+                 num_prefix_tokens=prefix, patch_grid=grid)
+
+
+def vit_layout(net: nn.Module) -> tuple[int, tuple[int, int] | None]:
+    """``(prefix tokens, patch grid)`` of a timm or torchvision ViT; ``(0, None)`` otherwise."""
+    import torchvision
+
+    if isinstance(net, torchvision.models.VisionTransformer):
+        side = net.image_size // net.patch_size
+        return 1, (side, side)
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if grid is not None and hasattr(net, "num_prefix_tokens"):
+        return int(net.num_prefix_tokens), (int(grid[0]), int(grid[1]))
+    return 0, None
+
+
+def vit_blocks(net: nn.Module) -> tuple[str, nn.Module] | None:
+    """Name and container of a ViT's transformer blocks: timm ``blocks``, torchvision
+    ``encoder.layers``; ``None`` if the net has neither."""
+    for name in ("blocks", "encoder.layers"):
+        try:
+            blocks = net.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.Sequential | nn.ModuleList):
+            return name, blocks
+    return None
 
 
 def _guess_num_classes(net: nn.Module) -> int:

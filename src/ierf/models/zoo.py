@@ -17,7 +17,7 @@ from torch import nn
 
 from ierf.errors import IerfError, WeightsUnavailableError, unknown_name
 from ierf.models import efficientnet_lite0
-from ierf.models.model import Model, Preprocessing
+from ierf.models.model import Model, Preprocessing, vit_layout
 from ierf.models.toy import TOY_MEAN, TOY_MODELS, TOY_STD, build_toy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,9 +117,8 @@ def _toy(name: str, pretrained: bool) -> Model:
         state = _read_state_dict(WEIGHTS_DIR / f"{name}.safetensors")
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     prep = Preprocessing((IMAGE_SIZE, IMAGE_SIZE), TOY_MEAN, TOY_STD, resize=IMAGE_SIZE)
-    vit = getattr(net, "num_prefix_tokens", 0)
-    grid = tuple(net.patch_embed.grid_size) if vit else None
-    return Model(net, name, list(CLASS_NAMES), prep, num_prefix_tokens=vit, patch_grid=grid)
+    prefix, grid = vit_layout(net)
+    return Model(net, name, list(CLASS_NAMES), prep, num_prefix_tokens=prefix, patch_grid=grid)
 
 
 def _torchvision(name: str, pretrained: bool) -> Model:
@@ -129,9 +128,8 @@ def _torchvision(name: str, pretrained: bool) -> Model:
         net: nn.Module = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     prep = Preprocessing((224, 224), IMAGENET_MEAN, IMAGENET_STD, resize=256,
                          interpolation=TF.InterpolationMode.BILINEAR)
-    vit = name.startswith("vit")
-    return Model(net, name, _imagenet_classes(), prep, num_prefix_tokens=int(vit),
-                 patch_grid=(14, 14) if vit else None)
+    prefix, grid = vit_layout(net)
+    return Model(net, name, _imagenet_classes(), prep, num_prefix_tokens=prefix, patch_grid=grid)
 
 
 def _timm(name: str, pretrained: bool) -> Model:
@@ -146,9 +144,7 @@ def _timm(name: str, pretrained: bool) -> Model:
     size = tuple(cfg["input_size"][1:])
     prep = Preprocessing(size, tuple(cfg["mean"]), tuple(cfg["std"]),
                          resize=int(size[0] / cfg["crop_pct"]))
-    prefix = int(getattr(net, "num_prefix_tokens", 0))
-    pe = getattr(net, "patch_embed", None)
-    grid = tuple(pe.grid_size) if pe is not None and hasattr(pe, "grid_size") else None
+    prefix, grid = vit_layout(net)
     classes = _imagenet_classes() if net.num_classes == 1000 else [f"class {i}" for i in
                                                                     range(net.num_classes)]
     return Model(net, name, classes, prep, num_prefix_tokens=prefix, patch_grid=grid)
