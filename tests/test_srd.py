@@ -281,3 +281,19 @@ def test_scalar_target_on_pfvs():
     torch.testing.assert_close(energy["4"].flatten(1), 2 * pfv.square().sum(1))  # ⟨v, 2v⟩
     with pytest.raises(ierf.IerfError, match="one score per image"):
         srd.relevance(x, ierf.ScalarTarget("4", lambda v: v.sum(1)))
+
+
+def test_latent_target_is_the_concept_target_of_a_linear_latent():
+    net = small_net(nn.ReLU)
+    x = torch.randn(2, 3, 16, 16)
+    srd = SRD(net)
+    W = torch.randn(8, 5)
+
+    class LinearSAE:  # encode(v) = v W: latent k is the direction W[:, k]
+        def encode(self, v: torch.Tensor) -> torch.Tensor:
+            return v @ W
+
+    latent = srd.ierfs(x, [ierf.LatentTarget("4", LinearSAE(), k) for k in (0, 3)])
+    concept = srd.ierfs(x, [ierf.ConceptTarget("4", W[:, k]) for k in (0, 3)])
+    torch.testing.assert_close(latent, concept, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(latent[0], latent[1])

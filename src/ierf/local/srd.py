@@ -43,10 +43,10 @@ from ierf.local.nonlinearity import (
 )
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
-from ierf.targets import ConceptTarget, PFVTarget, ScalarTarget, resolve_target
+from ierf.targets import ConceptTarget, LatentTarget, PFVTarget, ScalarTarget, resolve_target
 
 FINAL_RATIOS = ("clamped-mean", "mean", "raw", "ones")
-PFV_TARGETS = (PFVTarget, ConceptTarget, ScalarTarget)
+PFV_TARGETS = (PFVTarget, ConceptTarget, ScalarTarget, LatentTarget)
 BIAS_RULES = ("proportional", "absorb")
 
 
@@ -186,15 +186,16 @@ class SRD(Attributor):
 
         ``target`` is a class (index, name, ``None`` = top class), or a
         :class:`~ierf.targets.PFVTarget` / :class:`~ierf.targets.ConceptTarget` /
-        :class:`~ierf.targets.ScalarTarget`, whose layer
-        then plays the role of L (its iERF, Eq. 2).
+        :class:`~ierf.targets.ScalarTarget` / :class:`~ierf.targets.LatentTarget`, whose
+        layer then plays the role of L (its iERF, Eq. 2).
         """
         pfv_target = isinstance(target, PFV_TARGETS)
         start = target.layer if pfv_target else self._encoder_layer(self.model.check(x))
         maps = self._propagate(x, start, layers, [target], need_logits=not pfv_target)
         return {k: v[0] for k, v in maps.items()}
 
-    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget | ConceptTarget | ScalarTarget],
+    def ierfs(self, x: torch.Tensor,
+              targets: Sequence[PFVTarget | ConceptTarget | ScalarTarget | LatentTarget],
               internal_batch_size: int = 16) -> torch.Tensor:
         """iERFs of many PFVs or concept directions of one layer: (K, B, H, W) input maps.
 
