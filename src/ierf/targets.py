@@ -138,3 +138,46 @@ class ScalarTarget:
                                 f"({v.shape[0]},); got {tuple(z.shape)}")
             (grad,) = torch.autograd.grad(z.sum(), v)
         return (v * grad).sum(-1).detach()
+
+
+@dataclass(frozen=True)
+class LatentTarget:
+    """Latent ``latent`` of a sparse autoencoder on ``layer``'s PFVs: ``z_k = sae.encode(v_p)[k]``
+    (the scalar of CAFE, paper Eq. 10).
+
+    ``sae.encode`` maps (N, C) PFVs to (N, K) latents. With ``position`` given, only that
+    PFV's latent is explained; otherwise the latent summed over all positions. Its
+    relevance per position is gradient × input at the PFV level, as for
+    :class:`ScalarTarget`.
+    """
+
+    layer: str
+    sae: object
+    latent: int
+    position: int | None = None
+
+    def activations(self, pfvs: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) PFVs → (B, N) activations of the latent."""
+        b, n, c = pfvs.shape
+        z = self.sae.encode(pfvs.reshape(b * n, c))
+        if z.dim() != 2 or z.shape[0] != b * n:
+            raise IerfError(f"sae.encode must map (N, C) PFVs to (N, K) latents; got shape "
+                            f"{tuple(z.shape)} for {b * n} PFVs")
+        if not 0 <= self.latent < z.shape[1]:
+            raise IerfError(f"latent {self.latent} is out of range: the SAE has {z.shape[1]} "
+                            f"latents (0..{z.shape[1] - 1})")
+        return z[:, self.latent].reshape(b, n)
+
+    def relevance(self, pfvs: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) PFVs of ``layer`` → (B, N) starting relevance ``⟨v_p, ∂z_k/∂v_p⟩``."""
+        v = pfvs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = self.activations(v)
+            if self.position is not None:
+                if not 0 <= self.position < z.shape[1]:
+                    raise IerfError(f"position {self.position} is outside the {z.shape[1]} "
+                                    f"positions of layer {self.layer!r}")
+                z = z[:, self.position]
+            (grad,) = torch.autograd.grad(z.sum(), v, allow_unused=True)
+        return torch.zeros(v.shape[:2], device=v.device, dtype=v.dtype) if grad is None \
+            else (v * grad).sum(-1).detach()
