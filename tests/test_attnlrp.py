@@ -16,8 +16,9 @@ from torch.overrides import TorchFunctionMode
 import ierf
 from ierf.cli import main
 from ierf.data.synthetic import generate
-from ierf.local.attnlrp import AttnLRP, rule_patches
+from ierf.local.attnlrp import AttnLRP
 from ierf.local.attnlrp_rules import SOFTMAX_FUNCTIONS, AttnLRPMode
+from ierf.local.mha import explicit_attention
 
 ADDITIVE = ("bias", "cls_token", "pos_embed", "class_token", "pos_embedding")
 
@@ -83,7 +84,7 @@ def ledger(model: ierf.Model, x: torch.Tensor, target: torch.Tensor, cp: bool = 
     sources = [p for n, p in net.named_parameters() if n.endswith(ADDITIVE)]
     x = x.detach().requires_grad_(True)
     record = SoftmaxLedger()
-    with rule_patches(net), record, AttnLRPMode(cp=cp):
+    with explicit_attention(net), record, AttnLRPMode(cp=cp):
         logits = net(x)
     score = logits.gather(1, target[:, None]).sum()
     ins = [c[0] for c in record.calls]

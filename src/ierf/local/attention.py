@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ierf.errors import IerfError, unknown_name
+from ierf.local.mha import explicit_attention
 from ierf.models.model import Model
 
 
@@ -144,11 +145,15 @@ def trace(model: Model, x: torch.Tensor,
 def _record_attention(attn: nn.Module, record: Callable[[torch.Tensor], None]) -> Iterator[None]:
     """While active, ``record`` receives the (B, h, T, T) attention probabilities of ``attn``."""
     if isinstance(attn, nn.MultiheadAttention):
-        attn.forward = _explicit_mha(attn, record)  # instance attribute shadows the method
-        try:
+        # written out so that A is a node of the graph: asking the module for its weights
+        # returns a tensor the output does not depend on, whose gradient vanishes
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            a = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+            record(a)
+            return a @ v
+
+        with explicit_attention(attn, attend):
             yield
-        finally:
-            del attn.forward
         return
     fused = attn.fused_attn
     attn.fused_attn = False  # the explicit softmax path passes A through attn_drop
@@ -158,36 +163,6 @@ def _record_attention(attn: nn.Module, record: Callable[[torch.Tensor], None]) -
     finally:
         handle.remove()
         attn.fused_attn = fused
-
-
-def _explicit_mha(mha: nn.MultiheadAttention, record: Callable[[torch.Tensor], None]
-                  ) -> Callable[..., tuple[torch.Tensor, None]]:
-    """Self-attention of ``mha`` written out per head, so ``A`` is a node of the graph.
-
-    torchvision's ``EncoderBlock`` calls ``mha(x, x, x, need_weights=False)``; asking for the
-    weights would return a *view* the output does not depend on, so gradients w.r.t. it vanish.
-    """
-    if not (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None
-            and not mha.add_zero_attn):
-        raise IerfError("only batch-first nn.MultiheadAttention with a packed in-projection and "
-                        "no extra key/value biases is supported (as in torchvision's ViT)")
-
-    def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = False,
-                attn_mask: torch.Tensor | None = None, **_: object) -> tuple[torch.Tensor, None]:
-        if key is not query or value is not query or key_padding_mask is not None \
-                or attn_mask is not None:
-            raise IerfError("only unmasked self-attention (query = key = value) is supported")
-        b, t, c = query.shape
-        h = mha.num_heads
-        qkv = F.linear(query, mha.in_proj_weight, mha.in_proj_bias)
-        q, k, v = qkv.view(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        a = ((q * (c // h) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
-        record(a)
-        out = (a @ v).transpose(1, 2).reshape(b, t, c)
-        return mha.out_proj(out), None
-
-    return forward
 
 
 def cls_row_map(row: torch.Tensor, model: Model, size: tuple[int, int]) -> torch.Tensor:

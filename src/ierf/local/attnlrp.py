@@ -15,9 +15,7 @@ bias term of each softmax; input relevance + those = the score.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from functools import partial
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -27,6 +25,7 @@ from torch import nn
 from ierf.errors import IerfError
 from ierf.local.attnlrp_rules import AttnLRPMode
 from ierf.local.base import Attributor
+from ierf.local.mha import explicit_attention
 from ierf.local.nonlinearity import forward_until
 from ierf.local.patches import frozen_params
 from ierf.models.model import Model
@@ -145,7 +144,7 @@ class AttnLRP(Attributor):
         handles = [self.model.module(n).register_forward_hook(record(n)) for n in layers]
         mode = AttnLRPMode(self.epsilon, cp=self.attention == "cp")
         try:
-            with frozen_params(self.model.net), torch.enable_grad(), rule_patches(self.model.net), \
+            with frozen_params(self.model.net), torch.enable_grad(), explicit_attention(self.model.net), \
                     mode:
                 if pfv:
                     start = targets[0].layer
@@ -240,41 +239,3 @@ def select_tokens(pf, position: int | Sequence[int] | torch.Tensor, layer: str) 
                         f"(patch tokens 0..{n - 1}, prefix tokens -1..-{prefix})")
     tokens = pf.vectors if pf.prefix is None else torch.cat([pf.prefix.flip(1), pf.vectors], 1)
     return tokens[torch.arange(b, device=pos.device), pos + prefix]
-
-
-@contextmanager
-def rule_patches(net: nn.Module) -> Iterator[None]:
-    """Route ``nn.MultiheadAttention`` (torchvision ViT) through ``F.scaled_dot_product_attention``
-    so the attention rules apply; the instance ``forward`` overrides are removed on exit."""
-    mhas = [m for m in net.modules() if isinstance(m, nn.MultiheadAttention)]
-    for m in mhas:
-        if not m.batch_first or not m._qkv_same_embed_dim or m.bias_k is not None \
-                or m.add_zero_attn:
-            raise IerfError("AttnLRP supports nn.MultiheadAttention with batch_first=True, one "
-                            "packed in-projection and no bias_k/add_zero_attn (torchvision ViTs)")
-        m.forward = partial(_mha_forward, m)
-    try:
-        yield
-    finally:
-        for m in mhas:
-            del m.forward
-
-
-def _mha_forward(m: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
-                 value: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                 need_weights: bool = True, attn_mask: torch.Tensor | None = None,
-                 average_attn_weights: bool = True, is_causal: bool = False
-                 ) -> tuple[torch.Tensor, None]:
-    """``nn.MultiheadAttention.forward`` (batch-first, no masks) through the functional ops."""
-    if key_padding_mask is not None or attn_mask is not None or is_causal:
-        raise IerfError("AttnLRP does not support attention masks in nn.MultiheadAttention")
-    w, b = m.in_proj_weight, m.in_proj_bias
-    e, h = m.embed_dim, m.num_heads
-    bs = (None, None, None) if b is None else b.split(e)
-    q, k, v = (F.linear(t, wi, bi) for t, wi, bi in zip((query, key, value), w.split(e), bs))
-
-    def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.unflatten(-1, (h, e // h)).transpose(1, 2)
-
-    o = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
-    return F.linear(o.transpose(1, 2).flatten(2), m.out_proj.weight, m.out_proj.bias), None

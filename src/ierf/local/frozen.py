@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ierf.errors import IerfError
+from ierf.local.mha import UNSUPPORTED, self_attention
 
 _SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
 
@@ -92,24 +93,14 @@ class FrozenMode(TorchFunctionMode):
                               use_separate_proj_weight=False, q_proj_weight=None,
                               k_proj_weight=None, v_proj_weight=None, static_k=None,
                               static_v=None, average_attn_weights=True, is_causal=False):
-        """``F.multi_head_attention_forward`` for plain self-attention, its softmax through
+        """``F.multi_head_attention_forward`` (seq-first) with its softmax through
         :meth:`_attention` (a mode does not see the calls inside a function it passes on)."""
-        if (bias_k is not None or add_zero_attn or key_padding_mask is not None
-                or attn_mask is not None or static_k is not None or is_causal
-                or query.dim() != 3 or (training and dropout_p > 0) or need_weights):
-            raise IerfError("frozen attention supports nn.MultiheadAttention called with "
-                            "need_weights=False and without masks, bias_k/v, zero attention, "
-                            "static keys or training dropout; explain this model with a "
-                            "gradient-based method instead")
-        weights = ((q_proj_weight, k_proj_weight, v_proj_weight) if use_separate_proj_weight
-                   else in_proj_weight.chunk(3))
-        biases = (None,) * 3 if in_proj_bias is None else in_proj_bias.chunk(3)
-        length, batch, _ = query.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, h, L, E/h)
-            return t.reshape(t.shape[0], batch, num_heads, -1).permute(1, 2, 0, 3)
-
-        q, k, v = (heads(F.linear(t, w, b)) for t, w, b in zip((query, key, value), weights,
-                                                                 biases, strict=True))
-        out = self._attention(q, k, v).permute(2, 0, 1, 3).reshape(length, batch, embed_dim)
-        return F.linear(out, out_proj_weight, out_proj_bias), None
+        if (key is not query or value is not query or bias_k is not None or add_zero_attn
+                or key_padding_mask is not None or attn_mask is not None or static_k is not None
+                or is_causal or use_separate_proj_weight or query.dim() != 3
+                or (training and dropout_p > 0) or need_weights):
+            raise IerfError(f"{UNSUPPORTED}, called with need_weights=False; explain this "
+                            "model with a gradient-based method instead")
+        out = self_attention(query.transpose(0, 1), in_proj_weight, in_proj_bias,
+                             out_proj_weight, out_proj_bias, num_heads, self._attention)
+        return out.transpose(0, 1), None
