@@ -1,0 +1,201 @@
+"""Building a PFV–iERF atlas over many images: batched, resumable, sharded over ranks.
+
+IERF Sec. III-D: one (or ``samples_per_image``) relevance-weighted PFV per image and layer,
+each with its iERF (Eq. 10), as in GIG Sec. 3.1. Images come from the synthetic benchmark,
+the bundled photos or a folder. Under ``torchrun`` (``torch.distributed`` initialised) the
+pending images are split round-robin over the ranks, each rank writing its own shards into
+the one manifest (:mod:`ierf.atlas.store`); killing a build and re-running the same command
+resumes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ierf.atlas.sampling import IerfEngine, atlas_samples
+from ierf.atlas.store import Atlas, ShardWriter, open_atlas, prepare_atlas
+from ierf.data.images import BUNDLED_PHOTOS, image_files, load_image
+from ierf.errors import IerfError
+from ierf.models.model import Model
+
+BENCHMARK = "benchmark"
+PHOTOS = "photos"
+
+
+def resolve_source(images: str | Path, n: int | None = None) -> tuple[str, list[str]]:
+    """The atlas ``source`` string and the image ids of ``images``.
+
+    ``"benchmark"`` or ``"benchmark:<seed>:<split>"`` (the first ``n`` synthetic scenes of
+    that stream; seed 0, split train by default), ``"photos"`` (the bundled photos) or a
+    folder of image files (ids: paths relative to it).
+    """
+    text = str(images)
+    if text == BENCHMARK or text.startswith(BENCHMARK + ":"):
+        from ierf.data.synthetic import SPLITS
+
+        parts = text.split(":")
+        seed, split = (parts[1], parts[2]) if len(parts) == 3 else ("0", "train")
+        if len(parts) not in (1, 3) or not seed.isdigit() or split not in SPLITS:
+            raise IerfError(f"benchmark images are 'benchmark' or 'benchmark:<seed>:<split>' with "
+                            f"split one of {list(SPLITS)}, got {text!r}")
+        if n is None or n < 1:
+            raise IerfError(f"give the number of benchmark images (--n), got {n}")
+        return f"{BENCHMARK}:{int(seed)}:{split}", [str(i) for i in range(n)]
+    if text == PHOTOS:
+        return PHOTOS, list(BUNDLED_PHOTOS[:n] if n else BUNDLED_PHOTOS)
+    folder = Path(images)
+    if not folder.is_dir():
+        raise IerfError(f"--images must be 'benchmark', 'photos' or a folder of images; "
+                        f"{text!r} is none of these")
+    files = image_files(folder)[:n] if n else image_files(folder)
+    return str(folder.resolve()), [p.relative_to(folder).as_posix() for p in files]
+
+
+def load_source_images(source: str, ids: Sequence[str], model: Model) -> torch.Tensor:
+    """(n, 3, H, W) model-ready inputs of the images ``ids`` of ``source``."""
+    if not ids:
+        return torch.zeros(0, *model.input_size)
+    if source.startswith(BENCHMARK + ":"):
+        from ierf.data.synthetic import make_scene, render_without
+
+        _, seed, split = source.split(":")
+        arrays = [render_without(make_scene(int(i), int(seed), split))[0] for i in ids]
+        return torch.cat([model.preprocess(a) for a in arrays])
+    root = None if source == PHOTOS else Path(source)
+    return torch.cat([model.preprocess(load_image(i if root is None else root / i)) for i in ids])
+
+
+def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: str | Path,
+                samples_per_image: int = 1, n: int | None = None, batch_size: int = 16,
+                ierf_downsample: int = 1, seed: int = 0, device: str | torch.device | None = None,
+                internal_batch_size: int = 16, engine: IerfEngine | None = None,
+                weights: str = "pretrained", overwrite: bool = False,
+                progress: bool = True) -> Atlas:
+    """Build (or resume) the PFV–iERF atlas of ``model`` over ``images`` into folder ``out``.
+
+    Parameters
+    ----------
+    model : the model; ``weights`` says how :meth:`Atlas.model` reloads it: ``"pretrained"``
+        or ``"random:<seed>"`` (see :func:`~ierf.atlas.store.load_atlas_model`).
+    images : ``"benchmark"`` / ``"benchmark:<seed>:<split>"``, ``"photos"`` or a folder;
+        ``n`` limits their number (required for the benchmark).
+    layers : layers to sample (module names), each at or below the encoder layer L.
+    samples_per_image : PFVs drawn per image and layer (the paper: 1).
+    batch_size : images per forward pass and per shard.
+    ierf_downsample : integer area-pooling factor of the stored iERFs.
+    seed : sampling seed (draws are seeded per image and layer).
+    device : where to compute (default: the model's device).
+    internal_batch_size : iERF targets per batched backward pass.
+    engine : the layer-relevance and iERF method (default: SRD of ``model``).
+    overwrite : replace an atlas of a different build in ``out``.
+
+    Returns
+    -------
+    The finished :class:`~ierf.atlas.store.Atlas` (on every rank).
+    """
+    from ierf.local.srd import SRD
+
+    if batch_size < 1 or internal_batch_size < 1:
+        raise IerfError(f"batch sizes must be ≥ 1, got {batch_size} and {internal_batch_size}")
+    device = torch.device(device) if device is not None else model.device
+    model.net.to(device)
+    engine = engine if engine is not None else SRD(model)
+    layers = check_layers(model, engine, layers)
+    source, ids = resolve_source(images, n)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+    meta = atlas_meta(model, source, layers, samples_per_image, ierf_downsample, seed, weights,
+                      getattr(engine, "name", type(engine).__name__), len(ids))
+    _on_rank0(rank, lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
+    with ShardWriter(out, rank) as writer:
+        mine = writer.pending()[rank::world]
+        if world > 1:
+            dist.barrier()  # every rank has read the pending list before any writes
+        bar = tqdm(total=len(mine), unit="img", disable=not progress or rank != 0,
+                   desc=f"atlas {model.name}" + (f" (rank 0 of {world})" if world > 1 else ""))
+        with bar:
+            for start in range(0, len(mine), batch_size):
+                batch = mine[start:start + batch_size]
+                x = load_source_images(source, [ids[i] for i in batch], model).to(device)
+                writer.write(batch, atlas_samples(model, engine, x, batch, layers,
+                                                  samples_per_image, seed, ierf_downsample,
+                                                  internal_batch_size))
+                bar.update(len(batch))
+    if world > 1:
+        dist.barrier()
+    return open_atlas(out)
+
+
+def check_layers(model: Model, engine: IerfEngine, layers: Sequence[str]) -> list[str]:
+    """Validate the layer names: known, distinct, and not above the engine's start layer L
+    (relevance is only defined up to L)."""
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise IerfError(f"give at least one layer; {model.name} has: {', '.join(model.layer_names())}")
+    names = model.layer_names()
+    for layer in layers:
+        model.module(layer)
+        if layer not in names:
+            raise IerfError(f"layer {layer!r} has no PFV grid; use one of {', '.join(names)}")
+    top = getattr(engine, "_layer", None) or model.encoder_layer()
+    above = [layer for layer in layers if names.index(layer) > names.index(top)]
+    if above:
+        raise IerfError(f"layers {above} come after {top!r}, the layer the logit's relevance "
+                        f"starts from; pick layers up to {top!r}")
+    return layers
+
+
+def atlas_meta(model: Model, source: str, layers: Sequence[str], samples_per_image: int,
+               ierf_downsample: int, seed: int, weights: str, method: str, n_images: int) -> dict:
+    """The meta of an atlas build (everything but ``created`` must match to resume)."""
+    if samples_per_image < 1:
+        raise IerfError(f"--samples-per-image must be ≥ 1, got {samples_per_image}")
+    _, h, w = model.input_size
+    if ierf_downsample < 1 or h % ierf_downsample or w % ierf_downsample:
+        raise IerfError(f"--ierf-downsample {ierf_downsample} must be ≥ 1 and divide the input "
+                        f"size {h}×{w}")
+    grids = model.layer_grids()
+    x = torch.zeros(1, *model.input_size, device=model.device)
+    channels = {k: v.vectors.shape[-1] for k, v in model.pfvs(x, layers).items()}
+    return {"model": model.name, "weights": weights, "fingerprint": weights_fingerprint(model),
+            "source": source, "layers": list(layers),
+            "grids": {k: list(grids[k]) for k in layers}, "channels": channels,
+            "samples_per_image": samples_per_image, "input_size": list(model.input_size),
+            "ierf_downsample": ierf_downsample,
+            "ierf_size": [h // ierf_downsample, w // ierf_downsample], "ierf_method": method,
+            "seed": seed, "n_images": n_images,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def weights_fingerprint(model: Model) -> float:
+    """Σ|θ| over the parameters and buffers, in float64 on the CPU (10 significant digits):
+    tells whether a reloaded or resumed model has the weights an atlas was built with."""
+    state = model.net.state_dict().values()
+    total = sum(float(t.detach().cpu().double().abs().sum()) for t in state if t.is_floating_point())
+    return float(f"{total:.10g}")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _on_rank0(rank: int, fn) -> None:
+    """Run ``fn`` on rank 0; other ranks wait and raise the same error if it fails."""
+    error = None
+    if rank == 0:
+        try:
+            fn()
+        except IerfError as e:
+            error = str(e)
+            if not _distributed():
+                raise
+    if _distributed():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise IerfError(box[0])

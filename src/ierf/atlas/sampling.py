@@ -1,0 +1,175 @@
+"""Relevance-weighted PFV sampling and the iERFs of the sampled PFVs (IERF Sec. III-D).
+
+Rather than sampling positions uniformly (which over-represents background such as sky or
+grass), each image contributes PFVs drawn with probability proportional to their
+contribution to the predicted logit: the SRD relevance ``R_p`` of position ``p`` at the layer
+(Eqs. 20–22, the conserved share of the logit carried by that PFV). The paper draws one PFV
+per image per layer; ``samples_per_image`` draws several without replacement. Each sample is
+stored with its iERF (Eq. 10: the input relevance of ``PFVTarget(layer, p)``, Eqs. 1–2).
+
+Contributions ≤ 0 get probability 0. An image with fewer positive positions than
+``samples_per_image`` gives only those; an image whose contributions are all ≤ 0 at a layer
+(nothing there drives the prediction) gives no sample for that layer.
+
+Draws use one generator per (seed, image, layer), so the sampled positions do not depend on
+the batch, the rank or on resuming.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ierf.errors import IerfError
+from ierf.models.model import Model
+from ierf.models.pfv import to_pfvs
+from ierf.targets import ClassTarget, PFVTarget
+
+
+class IerfEngine(Protocol):
+    """What the atlas needs from an attribution method (SRD; AttnLRP for ViTs)."""
+
+    name: str
+
+    def relevance(self, x: torch.Tensor, target: object = None,
+                  layers: Sequence[str] = ()) -> dict[str, torch.Tensor]: ...
+
+    def ierfs(self, x: torch.Tensor, targets: Sequence[PFVTarget],
+              internal_batch_size: int = 16) -> torch.Tensor: ...
+
+
+def image_seed(seed: int, image: int, layer: str) -> int:
+    """A 64-bit generator seed for one (seed, image, layer): independent streams per image."""
+    return int(np.random.SeedSequence([seed, image, zlib.crc32(layer.encode())])
+               .generate_state(1, np.uint64)[0])
+
+
+def sample_positions(contribution: torch.Tensor, k: int, seeds: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw up to ``k`` positions per image, without replacement, with P(p) ∝ max(R_p, 0).
+
+    Parameters
+    ----------
+    contribution : (B, N) relevance of each position (any device).
+    k : samples per image.
+    seeds : one generator seed per image (see :func:`image_seed`).
+
+    Returns
+    -------
+    positions : (B, k) int64 on the CPU, ``-1`` where an image has fewer than ``k`` positive
+        positions.
+    counts : (B,) int64, samples drawn per image (``min(k, #{p: R_p > 0})``).
+    """
+    if k < 1:
+        raise IerfError(f"samples per image must be ≥ 1, got {k}")
+    w = contribution.detach().to("cpu", torch.float64).clamp_min(0)
+    w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
+    counts = (w > 0).sum(1).clamp_max(k)
+    positions = torch.full((len(w), k), -1, dtype=torch.long)
+    for b, (row, m, s) in enumerate(zip(w, counts.tolist(), seeds)):
+        if m:
+            g = torch.Generator().manual_seed(s)
+            positions[b, :m] = torch.multinomial(row, m, replacement=False, generator=g)
+    return positions, counts
+
+
+def area_downsample(maps: torch.Tensor, factor: int) -> torch.Tensor:
+    """(..., H, W) maps → (..., H/f, W/f) by area pooling (mean over f×f blocks).
+
+    Multiply by ``factor**2`` to recover block sums (e.g. the iERF total of Eq. 2).
+    """
+    if factor == 1:
+        return maps
+    h, w = maps.shape[-2:]
+    if factor < 1 or h % factor or w % factor:
+        raise IerfError(f"iERF downsample factor {factor} must be ≥ 1 and divide the input "
+                        f"size {h}×{w}")
+    lead = maps.shape[:-2]
+    return F.avg_pool2d(maps.reshape(-1, 1, h, w), factor).reshape(*lead, h // factor, w // factor)
+
+
+def forward_pfvs(model: Model, x: torch.Tensor, layers: Sequence[str]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One plain forward pass: logits (B, classes) and each layer's PFVs (B, N, C)."""
+    outs: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(_m, _i, out):
+            outs.setdefault(name, out)
+        return hook
+
+    handles = [model.module(n).register_forward_hook(record(n)) for n in layers]
+    try:
+        with torch.no_grad():
+            logits = model.net(model.check(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, {n: to_pfvs(outs[n], model.num_prefix_tokens, model.patch_grid).vectors
+                    for n in layers}
+
+
+def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Sequence[int],
+                  layers: Sequence[str], samples_per_image: int = 1, seed: int = 0,
+                  ierf_downsample: int = 1, internal_batch_size: int = 16
+                  ) -> dict[str, dict[str, torch.Tensor]]:
+    """PFV–iERF samples of one batch of images, per layer.
+
+    Parameters
+    ----------
+    model, engine : the model and the method giving layer relevance and iERFs (SRD).
+    x : (B, 3, H, W) model-ready inputs; ``images`` their (B,) global image indices.
+    layers : layers to sample, each at or below the engine's start layer L.
+
+    Returns
+    -------
+    ``{layer: {"pfv" (n, C), "ierf" (n, H/f, W/f), "image", "sample", "position", "row",
+    "col", "predicted" (n,) int64, "contribution" (n,) float32}}`` on the CPU, samples ordered
+    by image, then sample number.
+    """
+    logits, pfvs = forward_pfvs(model, x, layers)
+    predicted = logits.argmax(1)
+    relevance = engine.relevance(x, ClassTarget(predicted), layers=list(layers))
+    image_t = torch.as_tensor(list(images), dtype=torch.long)
+    out = {}
+    for layer in layers:
+        contribution = relevance[layer].flatten(1)  # (B, N), row-major like the PFVs
+        grid_w = relevance[layer].shape[-1]
+        positions, counts = sample_positions(
+            contribution, samples_per_image, [image_seed(seed, i, layer) for i in images])
+        valid = positions >= 0
+        b_idx, s_idx = valid.nonzero(as_tuple=True)
+        pos = positions[b_idx, s_idx]
+        ierf = _ierfs(engine, x, layer, positions, counts, internal_batch_size)
+        dev_b, dev_pos = b_idx.to(x.device), pos.to(x.device)
+        out[layer] = {
+            "pfv": pfvs[layer][dev_b, dev_pos].float().cpu(),
+            "ierf": area_downsample(ierf[s_idx.to(x.device), dev_b], ierf_downsample).float().cpu(),
+            "image": image_t[b_idx],
+            "sample": s_idx,
+            "position": pos,
+            "row": pos // grid_w,
+            "col": pos % grid_w,
+            "predicted": predicted.cpu()[b_idx],
+            "contribution": contribution[dev_b, dev_pos].float().cpu(),
+        }
+    return out
+
+
+def _ierfs(engine: IerfEngine, x: torch.Tensor, layer: str, positions: torch.Tensor,
+           counts: torch.Tensor, internal_batch_size: int) -> torch.Tensor:
+    """(k', B, H, W) iERFs of the sampled PFVs, one target per sample number j < k'.
+
+    Sample j of every image is one batched target (images without a j-th sample use
+    position 0, whose map is dropped), so k' backward passes explain all B·k' samples.
+    """
+    k = int(counts.max()) if len(counts) else 0
+    if k == 0:
+        return x.new_zeros(0, len(x), *x.shape[-2:])
+    targets = [PFVTarget(layer, positions[:, j].clamp_min(0).to(x.device)) for j in range(k)]
+    return engine.ierfs(x, targets, internal_batch_size=internal_batch_size)

@@ -1,0 +1,342 @@
+"""The PFV–iERF atlas on disk: safetensors shards indexed by a transactional SQLite manifest.
+
+Layout of an atlas folder::
+
+    manifest.sqlite                  meta, images, shards and the samples index (WAL mode)
+    shard-<rank>-<seq>.safetensors   per layer: pfv (n, C), ierf (n, h, w) and the records
+
+A shard is written to a temporary file and renamed into place (:func:`ierf.io.atomic_path`);
+only then is one SQLite transaction committed that lists the shard, marks its images done
+and indexes its samples. A process killed at any moment therefore leaves either a committed
+shard or an *orphan* file that no reader sees; :func:`prepare_atlas` deletes orphans and
+their images are redone. Ranks of a ``torchrun`` build write their own shards into the one
+manifest (SQLite serialises the commits; a busy timeout makes writers wait).
+
+Samples are read in a deterministic order: image index, then sample number, per layer,
+whatever the number of ranks, the shard boundaries or the resumes (IERF Sec. III-D: the
+PFV–iERF pairs of a layer; iERF of Eq. 10).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ierf.errors import IerfError, unknown_name
+from ierf.io import atomic_path
+
+if TYPE_CHECKING:
+    from ierf.models.model import Model
+
+MANIFEST = "manifest.sqlite"
+SHARD_RE = re.compile(r"^\.?shard-(\d+)-(\d+)\.")
+#: per-sample tensors of a shard, besides ``pfv`` and ``ierf``
+RECORD_KEYS = ("image", "sample", "position", "row", "col", "predicted", "contribution")
+#: meta keys that may differ between two runs of the same build
+VOLATILE_META = ("created",)
+#: meta keys that follow from the others (reported only if nothing else differs)
+DERIVED_META = ("grids", "channels", "ierf_size", "n_images")
+BUSY_TIMEOUT_S = 120.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, shard TEXT);
+CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, rank INTEGER NOT NULL,
+                                   seq INTEGER NOT NULL, n_images INTEGER NOT NULL,
+                                   n_samples INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (layer TEXT NOT NULL, image INTEGER NOT NULL,
+                                    sample INTEGER NOT NULL, shard TEXT NOT NULL,
+                                    row INTEGER NOT NULL, PRIMARY KEY (layer, image, sample));
+"""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open the manifest of atlas folder ``path`` (WAL mode, busy timeout for many ranks)."""
+    con = sqlite3.connect(Path(path) / MANIFEST, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    return con
+
+
+def shard_name(rank: int, seq: int) -> str:
+    return f"shard-{rank:03d}-{seq:06d}.safetensors"
+
+
+def read_meta(con: sqlite3.Connection) -> dict:
+    return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+
+
+def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
+                  overwrite: bool = False) -> int:
+    """Create the atlas folder, or check that an existing one is the same build (rank 0 only).
+
+    Deletes orphan shard files (written but never committed) and stray temporary files, so
+    that their images are redone. Returns the number of images already done. One build may
+    write into a folder at a time (the ranks of one ``torchrun`` build count as one).
+
+    Raises
+    ------
+    IerfError : ``path`` holds an atlas with different meta (model, layers, samples, …) and
+        ``overwrite`` is false, or ``path`` is a file / a non-empty folder that is no atlas.
+    """
+    path, meta = Path(path), json.loads(json.dumps(meta))  # compared as stored: JSON values
+    if path.exists() and not path.is_dir():
+        raise IerfError(f"{str(path)!r} is a file; give a folder for the atlas (--out)")
+    if overwrite and path.is_dir():
+        _remove_atlas_files(path)
+    if path.is_dir() and not (path / MANIFEST).exists() and any(
+            p for p in path.iterdir() if not SHARD_RE.match(p.name)):
+        raise IerfError(f"{str(path)!r} is a non-empty folder without an atlas manifest; "
+                        "give a new folder with --out")
+    path.mkdir(parents=True, exist_ok=True)
+    con = connect(path)
+    try:
+        con.executescript(_SCHEMA)
+        con.execute("BEGIN IMMEDIATE")
+        old = read_meta(con)
+        if old:
+            _check_same_build(path, old, meta, image_ids, con)
+        else:
+            con.executemany("INSERT INTO meta VALUES (?, ?)",
+                            [(k, json.dumps(v)) for k, v in meta.items()])
+            con.executemany("INSERT INTO images VALUES (?, ?, NULL)", enumerate(image_ids))
+        con.execute("COMMIT")
+        committed = {n for (n,) in con.execute("SELECT name FROM shards")}
+        for p in path.iterdir():
+            if SHARD_RE.match(p.name) and p.name not in committed:
+                p.unlink()
+        return con.execute("SELECT COUNT(*) FROM images WHERE shard IS NOT NULL").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _check_same_build(path: Path, old: dict, meta: dict, image_ids: Sequence[str],
+                      con: sqlite3.Connection) -> None:
+    diff = sorted(k for k in {*old, *meta} - set(VOLATILE_META) if old.get(k) != meta.get(k))
+    ids = [i for (i,) in con.execute("SELECT id FROM images ORDER BY idx")]
+    if ids != list(image_ids):
+        diff.append("images")
+    if diff:
+        con.execute("ROLLBACK")
+        diff = [k for k in diff if k not in DERIVED_META] or diff
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {meta.get(k)!r} now" for k in diff
+                          if k != "images") or "the image list differs"
+        raise IerfError(f"{str(path)!r} holds an atlas of a different build ({shown}); "
+                        "give a new folder with --out, or pass --overwrite to replace it")
+
+
+def _remove_atlas_files(path: Path) -> None:
+    for p in path.iterdir():
+        if p.name.startswith(MANIFEST) or SHARD_RE.match(p.name):
+            p.unlink()
+        elif p.is_dir() and p.name == "__pycache__":
+            shutil.rmtree(p)
+
+
+class ShardWriter:
+    """Writes one rank's shards into a prepared atlas folder.
+
+    Parameters
+    ----------
+    path : the atlas folder (see :func:`prepare_atlas`).
+    rank : this process's rank; its shards are ``shard-<rank>-<seq>``, ``seq`` continuing
+        after the rank's last committed shard.
+    """
+
+    def __init__(self, path: str | Path, rank: int = 0) -> None:
+        self.path, self.rank = Path(path), rank
+        self._con = connect(self.path)
+        last = self._con.execute("SELECT MAX(seq) FROM shards WHERE rank = ?", (rank,)).fetchone()[0]
+        self._seq = -1 if last is None else last
+
+    def pending(self) -> list[int]:
+        """Indices of the images without a committed shard, in order."""
+        return [i for (i,) in self._con.execute(
+            "SELECT idx FROM images WHERE shard IS NULL ORDER BY idx")]
+
+    def write(self, images: Sequence[int], layers: dict[str, dict[str, torch.Tensor]]) -> str:
+        """Write the samples of ``images`` (all requested layers) as one shard; return its name.
+
+        ``layers[layer]`` holds ``pfv`` (n, C), ``ierf`` (n, h, w) and the :data:`RECORD_KEYS`
+        (n,) tensors; an image may have no sample in a layer (no positive contribution).
+        """
+        self._seq += 1
+        name = shard_name(self.rank, self._seq)
+        tensors = {f"{layer}/{key}": t.detach().cpu().contiguous()
+                   for layer, d in layers.items() for key, t in d.items()}
+        with atomic_path(self.path / name) as tmp:
+            save_file(tensors, tmp)
+        self._commit(name, images, layers)
+        return name
+
+    def _commit(self, name: str, images: Sequence[int],
+                layers: dict[str, dict[str, torch.Tensor]]) -> None:
+        """One transaction: the shard, its images marked done, its samples indexed."""
+        rows = [(layer, img, s, name, r) for layer, d in layers.items()
+                for r, (img, s) in enumerate(zip(d["image"].tolist(), d["sample"].tolist()))]
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?)",
+                        (name, self.rank, self._seq, len(images), len(rows)))
+            con.executemany("UPDATE images SET shard = ? WHERE idx = ?", [(name, i) for i in images])
+            con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> ShardWriter:  # noqa: PYI034 (Python 3.10 has no typing.Self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_atlas_model(name: str, weights: str) -> Model:
+    """Load model ``name`` with ``weights``: ``"pretrained"`` or ``"random:<seed>"``."""
+    from ierf.models.zoo import load_model
+
+    if weights == "pretrained":
+        return load_model(name)
+    if isinstance(weights, str) and weights.startswith("random:") and weights[7:].isdigit():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(weights[7:]))
+            return load_model(name, weights=None)
+    raise IerfError(f"unknown weights {weights!r} for {name}: use 'pretrained' or 'random:<seed>'")
+
+
+def open_atlas(path: str | Path, partial: bool = False) -> Atlas:
+    """Open a PFV–iERF atlas written by ``ierf atlas build`` / :func:`ierf.atlas.build_atlas`.
+
+    With ``partial=True`` an unfinished build can be read (its committed samples only).
+    """
+    path = Path(path)
+    hint = ("build one with `ierf atlas build --model M --images benchmark|photos|DIR "
+            f"--layers L1,L2 --out {path}`")
+    if not (path / MANIFEST).is_file():
+        raise IerfError(f"no atlas at {str(path)!r} (no {MANIFEST}); {hint}")
+    atlas = Atlas(path)
+    if not atlas.meta:
+        raise IerfError(f"the atlas at {str(path)!r} has no meta (its build never started); {hint}")
+    if not partial and atlas.done < len(atlas.images):
+        raise IerfError(f"the atlas at {str(path)!r} is incomplete ({atlas.done} of "
+                        f"{len(atlas.images)} images done); re-run the same `ierf atlas build` "
+                        "command to resume it, or open it with partial=True")
+    return atlas
+
+
+class Atlas:
+    """A PFV–iERF dataset: per layer, sampled PFVs, their iERFs and where they came from.
+
+    Attributes
+    ----------
+    path : the atlas folder.
+    meta : model, weights (and their fingerprint), source (``"benchmark:<seed>:<split>"``, ``"photos"`` or a folder),
+        layers, grids, samples_per_image, ierf_size (h, w), ierf_downsample, input_size,
+        ierf_method, seed, created.
+    layers : the sampled layers.
+    images : image ids, index-aligned with ``records(layer)["image"]``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        con = connect(self.path)
+        try:
+            self.meta = read_meta(con)
+            rows = con.execute("SELECT id, shard FROM images ORDER BY idx").fetchall()
+            self._index = {layer: con.execute(
+                "SELECT shard, row FROM samples WHERE layer = ? ORDER BY image, sample",
+                (layer,)).fetchall() for layer in self.meta.get("layers", [])}
+        finally:
+            con.close()
+        self.images = [i for i, _ in rows]
+        self.done = sum(s is not None for _, s in rows)
+        self.layers: list[str] = list(self.meta.get("layers", []))
+        self._model: Model | None = None
+
+    def __len__(self) -> int:
+        """Total samples over all layers."""
+        return sum(len(v) for v in self._index.values())
+
+    def count(self, layer: str) -> int:
+        """Number of committed samples of ``layer``."""
+        if layer not in self._index:
+            raise unknown_name("atlas layer", layer, self.layers)
+        return len(self._index[layer])
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{layer}: {len(self._index[layer])}" for layer in self.layers)
+        return (f"Atlas({str(self.path)!r}, model={self.meta.get('model')!r}, "
+                f"images={self.done}/{len(self.images)}, samples={{{counts}}})")
+
+    def pfvs(self, layer: str) -> torch.Tensor:
+        """(N, C) float32 PFVs of every committed sample of ``layer``."""
+        return self._gather(layer, "pfv")
+
+    def ierfs(self, layer: str) -> torch.Tensor:
+        """(N, h, w) float32 iERF maps (area-pooled by ``meta["ierf_downsample"]``)."""
+        return self._gather(layer, "ierf")
+
+    def records(self, layer: str) -> dict[str, torch.Tensor]:
+        """Per sample: ``image`` (index into :attr:`images`), ``sample`` (its number within the
+        image), ``position`` (row-major index on the layer's PFV grid, ViT prefix tokens
+        excluded), ``row``, ``col``, ``predicted`` (class) and ``contribution`` (its relevance
+        to the predicted logit, the sampling weight)."""
+        return {k: self._gather(layer, k) for k in RECORD_KEYS}
+
+    def load_images(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """(n, 3, H, W) model-ready inputs of the images at ``index``."""
+        from ierf.atlas.build import load_source_images
+
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
+        ids = [self.images[i] for i in index]
+        return load_source_images(self.meta["source"], ids, self.model())
+
+    def model(self) -> Model:
+        """The model the atlas was built with: its offline weights, or the same random
+        weights (``meta["weights"] == "random:<seed>"``: initialised under that torch seed)."""
+        if self._model is None:
+            from ierf.atlas.build import weights_fingerprint
+
+            model = load_atlas_model(self.meta["model"], self.meta.get("weights"))
+            if weights_fingerprint(model) != self.meta["fingerprint"]:
+                raise IerfError(f"{self.meta['model']} loaded with {self.meta['weights']!r} "
+                                "weights is not the model this atlas was built with (weights "
+                                "fingerprint differs); load the right model yourself")
+            self._model = model
+        return self._model
+
+    def _gather(self, layer: str, key: str) -> torch.Tensor:
+        if layer not in self._index:
+            raise unknown_name("atlas layer", layer, self.layers)
+        index = self._index[layer]
+        shards = list(dict.fromkeys(s for s, _ in index))
+        if not shards:
+            return self._empty(layer, key)
+        parts, offset, n = [], {}, 0
+        for s in shards:
+            with safe_open(self.path / s, framework="pt") as f:
+                parts.append(f.get_tensor(f"{layer}/{key}"))
+            offset[s], n = n, n + len(parts[-1])
+        where = torch.tensor([offset[s] + r for s, r in index], dtype=torch.long)
+        return torch.cat(parts)[where]
+
+    def _empty(self, layer: str, key: str) -> torch.Tensor:
+        if key == "pfv":
+            return torch.zeros(0, self.meta["channels"][layer])
+        if key == "ierf":
+            return torch.zeros(0, *self.meta["ierf_size"])
+        return torch.zeros(0, dtype=torch.float32 if key == "contribution" else torch.long)
