@@ -119,3 +119,16 @@ class ConceptExtractor(ABC):
         extractor = target(**meta["config"])
         extractor.load_state_tensors(load_file(tensor_file, device=str(device)))
         return extractor
+
+
+class FittedDictionary:
+    """Mixin for extractors that store the learnt ``V (C, K)`` in ``dictionary_`` (``None``
+    until fitted); gives :meth:`get_dictionary` with a clear error before ``fit``."""
+
+    dictionary_: torch.Tensor | None = None
+
+    def get_dictionary(self) -> torch.Tensor:
+        """The dictionary ``V (C, K)``; column ``j`` is concept vector ``v_j``."""
+        if self.dictionary_ is None:
+            raise IerfError(f"{type(self).__name__} is not fitted; call fit(X) first")
+        return self.dictionary_

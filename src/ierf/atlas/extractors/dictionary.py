@@ -14,11 +14,15 @@ import torch
 from sklearn.decomposition import DictionaryLearning, MiniBatchDictionaryLearning
 
 from ierf.atlas.decompose import decompose, reconstruct
-from ierf.atlas.extractors.base import ConceptExtractor, check_pfvs, default_n_concepts
-from ierf.errors import IerfError
+from ierf.atlas.extractors.base import (
+    ConceptExtractor,
+    FittedDictionary,
+    check_pfvs,
+    default_n_concepts,
+)
 
 
-class DictionaryLearner(ConceptExtractor):
+class DictionaryLearner(FittedDictionary, ConceptExtractor):
     """Sparse dictionary learning; tensors in, tensors out.
 
     Parameters
@@ -58,11 +62,6 @@ class DictionaryLearner(ConceptExtractor):
         learner.fit(X.detach().cpu().double().numpy())
         self.dictionary_ = torch.from_numpy(learner.components_.T.copy()).to(X)
         return self
-
-    def get_dictionary(self) -> torch.Tensor:
-        if self.dictionary_ is None:
-            raise IerfError("DictionaryLearner is not fitted; call fit(X) first")
-        return self.dictionary_
 
     def encode(self, X: torch.Tensor) -> torch.Tensor:
         V = self.get_dictionary().to(X)

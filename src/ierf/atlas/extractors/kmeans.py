@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from ierf.atlas.decompose import decompose, reconstruct
-from ierf.atlas.extractors.base import ConceptExtractor, check_pfvs, default_n_concepts
+from ierf.atlas.extractors.base import (
+    ConceptExtractor,
+    FittedDictionary,
+    check_pfvs,
+    default_n_concepts,
+)
 from ierf.errors import IerfError
 
 
@@ -104,7 +109,7 @@ def spherical_inertia(X: torch.Tensor, labels: torch.Tensor) -> float:
     return float(Z.shape[0] - sums.norm(dim=1).sum())
 
 
-class BisectingSphericalKMeans(ConceptExtractor):
+class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
     """Concept extractor of GIG Appendix B / IERF Sec. VI-A1.
 
     Parameters
@@ -155,11 +160,6 @@ class BisectingSphericalKMeans(ConceptExtractor):
                                                   seed=self.seed)
         self.dictionary_ = cluster_means(Xc, self.labels_, k)
         return self
-
-    def get_dictionary(self) -> torch.Tensor:
-        if self.dictionary_ is None:
-            raise IerfError("BisectingSphericalKMeans is not fitted; call fit(X) first")
-        return self.dictionary_
 
     def encode(self, X: torch.Tensor) -> torch.Tensor:
         V = self.get_dictionary().to(X)

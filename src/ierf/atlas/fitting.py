@@ -1,0 +1,118 @@
+"""Fit a concept extractor by name, and find the ``μ_BN`` that centres a layer's PFVs.
+
+:func:`fit_concepts` is the one entry point behind ``ierf concepts fit``: it maps a method
+name to its extractor (GIG Sec. 3.2, App. B and F; IERF Sec. VI-A, Table III), applies the
+default ``K = 8 C`` and, for bisecting k-means, the centring by ``μ_BN`` (GIG Eq. 8–9).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ierf.atlas.centering import bn_shift
+from ierf.atlas.extractors import (
+    BiasFreeTopKSAE,
+    BisectingSphericalKMeans,
+    ConceptExtractor,
+    DictionaryLearner,
+    MatryoshkaSAE,
+    SAEBase,
+    SparseAutoencoder,
+    TopKSAE,
+)
+from ierf.atlas.extractors.base import check_pfvs, default_n_concepts
+from ierf.errors import IerfError, unknown_name
+from ierf.models.model import Model
+
+METHODS: dict[str, type[ConceptExtractor]] = {
+    "kmeans": BisectingSphericalKMeans,
+    "dictionary": DictionaryLearner,
+    "sae": SparseAutoencoder,
+    "topk-sae": TopKSAE,
+    "matryoshka-sae": MatryoshkaSAE,
+    "bias-free-topk-sae": BiasFreeTopKSAE,
+}
+"""Method names accepted by :func:`fit_concepts` and the CLI."""
+
+#: keyword arguments of :meth:`SAEBase.fit` (the rest go to the SAE's constructor)
+SAE_FIT_OPTIONS = ("epochs", "batch_size", "lr", "progress")
+
+
+def fit_concepts(pfvs: torch.Tensor, method: str = "kmeans", n_concepts: int | None = None,
+                 center: torch.Tensor | None = None, **opts: Any) -> ConceptExtractor:
+    """Learn a concept dictionary ``V (C, K)`` from PFVs ``X (N, C)`` with the named method.
+
+    Parameters
+    ----------
+    pfvs : (N, C) PFVs of one layer (the atlas samples, GIG Sec. 3.1).
+    method : one of :data:`METHODS`: ``kmeans`` (bisecting spherical k-means, GIG App. B),
+        ``dictionary`` (scikit-learn dictionary learning), ``sae`` (ReLU SAE, GIG Eq. 11),
+        ``topk-sae``, ``matryoshka-sae``, ``bias-free-topk-sae``.
+    n_concepts : ``K``; ``None`` → ``8 C`` (IERF Sec. VI-A1). k-means needs ``K ≤ N``.
+    center : ``μ_BN`` (C,) of GIG Eq. 8, subtracted before clustering and added back on
+        decoding (Eq. 9); only ``kmeans`` uses it — SAEs learn their own decoder bias and
+        dictionary learning fits the raw PFVs. See :func:`layer_center`.
+    **opts : extractor options (e.g. ``alpha``, ``encoding`` for k-means, ``k`` for TopK
+        SAEs); for SAEs also the training options ``epochs``, ``batch_size``, ``lr``,
+        ``progress`` of :meth:`SAEBase.fit`.
+
+    Returns
+    -------
+    The fitted extractor (``get_dictionary()`` gives ``V``).
+    """
+    if method not in METHODS:
+        raise unknown_name("concept method", method, METHODS)
+    X = check_pfvs(pfvs)
+    cls = METHODS[method]
+    if center is not None and cls is not BisectingSphericalKMeans:
+        raise IerfError(f"center (μ_BN) applies to 'kmeans' only, not {method!r}; "
+                        "leave it out for the other methods")
+    if cls is BisectingSphericalKMeans:
+        k = default_n_concepts(X.shape[1], n_concepts)
+        if k > len(X):
+            raise IerfError(f"k-means cannot find {k} concepts in {len(X)} PFVs; pass "
+                            f"n_concepts <= {len(X)} or sample more PFVs")
+        return cls(n_concepts, center=center, **opts).fit(X)
+    if issubclass(cls, SAEBase):
+        fit_opts = {name: opts.pop(name) for name in SAE_FIT_OPTIONS if name in opts}
+        sae = cls(X.shape[1], n_concepts, **opts).to(X.device)
+        return sae.fit(X, **fit_opts)
+    return cls(n_concepts, **opts).fit(X)
+
+
+def feeding_batchnorm(model: Model, layer: str) -> nn.modules.batchnorm._BatchNorm | None:
+    """The BatchNorm whose shift ``μ_BN`` centres ``layer``'s PFVs, or ``None``.
+
+    ``layer`` itself if it is a BatchNorm; otherwise the last BatchNorm, in execution order,
+    inside ``layer``'s module whose width matches the layer's channels (traced on zeros of
+    the model's input size). For a residual block that is the last BN of the residual
+    branch when the shortcut runs first (torchvision ``BasicBlock``-style, timm blocks);
+    where the shortcut's BN runs last, pass ``center`` to :func:`fit_concepts` yourself.
+    """
+    module = model.module(layer)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module
+    if model.input_size is None:
+        raise IerfError("finding the BatchNorm of a layer needs the model's input size; "
+                        "use ierf.load_model or pass center=bn_shift(bn) yourself")
+    order: list[nn.modules.batchnorm._BatchNorm] = []
+    handles = [m.register_forward_hook(lambda m, _i, _o: order.append(m))
+               for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        pfvs = model.pfvs(torch.zeros(1, *model.input_size, device=model.device), layer)[layer]
+    finally:
+        for h in handles:
+            h.remove()
+    width = pfvs.vectors.shape[-1]
+    matching = [bn for bn in order if bn.num_features == width]
+    return matching[-1] if matching else None
+
+
+def layer_center(model: Model, layer: str) -> torch.Tensor | None:
+    """``μ_BN`` (GIG Eq. 8) of the BatchNorm feeding ``layer`` (:func:`feeding_batchnorm`),
+    or ``None`` when the layer has none (ViTs, LayerNorm models)."""
+    bn = feeding_batchnorm(model, layer)
+    return None if bn is None else bn_shift(bn)

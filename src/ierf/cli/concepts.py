@@ -1,0 +1,133 @@
+"""`ierf concepts fit` and `ierf concepts cards`: concept dictionaries from a PFV–iERF atlas."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ierf.errors import IerfError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``concepts`` group with its ``fit`` and ``cards`` subcommands."""
+    from ierf.atlas.fitting import METHODS
+
+    c = sub.add_parser("concepts", help="fit concept dictionaries on an atlas and draw them")
+    csub = c.add_subparsers(required=True, metavar="ACTION")
+    f = csub.add_parser("fit", help="fit a concept extractor on one layer of an atlas")
+    f.add_argument("atlas", help="atlas folder (from `ierf atlas build`)")
+    f.add_argument("--layer", required=True, help="atlas layer whose PFVs to fit")
+    f.add_argument("--method", default="kmeans", choices=list(METHODS),
+                   help="extractor (default kmeans: bisecting spherical k-means, GIG App. B)")
+    f.add_argument("--n-concepts", type=int, help="number of concepts K (default 8 × channels)")
+    f.add_argument("--no-center", action="store_true",
+                   help="k-means: do not centre PFVs by the feeding BatchNorm's μ_BN")
+    f.add_argument("--epochs", type=int, default=20, help="SAE training epochs (default 20)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    f.add_argument("-o", "--out", help="output path without suffix (default "
+                   "ATLAS/concepts/<layer>-<method>); writes .safetensors and .json")
+    f.set_defaults(run=_fit)
+
+    k = csub.add_parser("cards", help="PNG concept cards: top-10 nearest PFVs by their iERFs")
+    k.add_argument("atlas", help="atlas folder")
+    k.add_argument("concepts", help="concept file written by `ierf concepts fit`")
+    k.add_argument("--layer", help="atlas layer of the concepts (default: the only layer "
+                   "with matching channels)")
+    k.add_argument("--concepts", dest="ids", help="comma-separated concept indices "
+                   "(default: the most used ones)")
+    k.add_argument("--rows", type=int, default=8, help="concepts shown when --concepts is "
+                   "not given (default 8)")
+    k.add_argument("--k", type=int, default=10, help="nearest PFVs per concept (default 10)")
+    k.add_argument("--by", default="cosine", choices=["cosine", "coefficient"],
+                   help="nearest by cosine to the concept vector or by coefficient")
+    k.add_argument("--image", type=int, default=0,
+                   help="atlas image whose concept locations are drawn (default 0)")
+    k.add_argument("-o", "--out", required=True, help="output folder")
+    k.set_defaults(run=_cards)
+
+
+def default_out(atlas: str | Path, layer: str, method: str) -> Path:
+    return Path(atlas) / "concepts" / f"{layer}-{method}"
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from ierf.atlas.fitting import fit_concepts, layer_center
+    from ierf.atlas.store import open_atlas
+    from ierf.metrics.concepts import reconstruction_metrics
+
+    atlas = open_atlas(args.atlas)
+    X = atlas.pfvs(args.layer).to(args.device)
+    center = None
+    if args.method == "kmeans" and not args.no_center:
+        center = layer_center(atlas.model(), args.layer)
+        center = None if center is None else center.to(args.device)
+    opts = {"seed": args.seed}
+    if args.method.endswith("sae"):
+        opts.update(epochs=args.epochs, progress=True)
+    extractor = fit_concepts(X, args.method, args.n_concepts, center=center, **opts)
+    out = Path(args.out) if args.out else default_out(args.atlas, args.layer, args.method)
+    extractor.save(out)
+    scores = reconstruction_metrics(extractor, X)
+    k = extractor.get_dictionary().shape[1]
+    print(f"{args.method} on {args.layer}: {len(X)} PFVs × {X.shape[1]} channels → {k} "
+          f"concepts{' (centred by μ_BN)' if center is not None else ''}; "
+          f"Rel-ℓ2 {scores['rel_l2']:.4f}, ℓ0 ratio {scores['l0_ratio']:.4f} → "
+          f"{out}.safetensors")
+    return 0
+
+
+def concepts_layer(atlas, extractor, layer: str | None) -> str:
+    """The atlas layer the concepts belong to: ``layer``, or the only one with their width."""
+    if layer is not None:
+        return layer
+    width = extractor.get_dictionary().shape[0]
+    fits = [n for n in atlas.layers if atlas.meta["channels"][n] == width]
+    if len(fits) != 1:
+        raise IerfError(f"cannot tell which atlas layer these {width}-channel concepts belong "
+                        f"to (candidates: {fits or atlas.layers}); pass --layer")
+    return fits[0]
+
+
+def _cards(args: argparse.Namespace) -> int:
+    import torch
+
+    from ierf.atlas.extractors import ConceptExtractor
+    from ierf.atlas.store import open_atlas
+    from ierf.metrics.concepts import assignments
+    from ierf.viz.cards import (
+        concept_locations,
+        nearest_samples,
+        save_concept_cards,
+        save_concept_locations,
+    )
+
+    atlas = open_atlas(args.atlas)
+    extractor = ConceptExtractor.load(args.concepts)
+    layer = concepts_layer(atlas, extractor, args.layer)
+    X = atlas.pfvs(layer)
+    if args.ids:
+        ids = [int(i) for i in args.ids.split(",")]
+    else:
+        with torch.no_grad():
+            used = torch.bincount(assignments(extractor.encode(X).detach()),
+                                  minlength=extractor.get_dictionary().shape[1])
+        ids = used.argsort(descending=True)[:args.rows].tolist()
+    top = nearest_samples(X, extractor, ids, k=min(args.k, len(X)), by=args.by)   # (R, k)
+    model = atlas.model()
+    image_index = atlas.records(layer)["image"][top.flatten()]
+    images = model.denormalize(atlas.load_images(image_index))
+    ierfs = atlas.ierfs(layer)[top.flatten()]
+    out = Path(args.out)
+    cards = save_concept_cards(images.reshape(*top.shape, *images.shape[1:]),
+                               ierfs.reshape(*top.shape, *ierfs.shape[1:]),
+                               out / f"cards-{layer}.png",
+                               labels=[f"concept {i}" for i in ids],
+                               title=f"{model.name} {layer}: nearest PFVs ({args.by})")
+    x = atlas.load_images([args.image])
+    maps = concept_locations(model, x, layer, extractor, ids)[0]
+    where = save_concept_locations(model.denormalize(x)[0], maps,
+                                   out / f"locations-{layer}-image{args.image}.png",
+                                   labels=[f"concept {i}" for i in ids])
+    print(f"{len(ids)} concepts × {top.shape[1]} nearest PFVs → {cards}; locations → {where}")
+    return 0
