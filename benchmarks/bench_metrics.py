@@ -1,0 +1,168 @@
+"""Speed of our Pixel Flipping and Faithfulness Correlation against Quantus', in one process.
+
+    python benchmarks/bench_metrics.py [--models toy-resnet efficientnet_lite0] [--batch 8]
+                                       [--threads 2] [--device cpu]
+
+Same model, same inputs (``--batch`` images: synthetic-benchmark images for the toy ResNet at
+64², bundled photos for EfficientNet-Lite0 at 224²), same gradient×input maps, and the same
+perturbations on both sides:
+
+- Pixel Flipping: ``k`` whole pixels per step (``--flip-steps`` steps), "black" baseline,
+  softmax. Quantus counts channel entries, so it gets ``3k`` entries per step (equal to ``k``
+  pixels when the map has no ties); its check that ``3k`` divides H·W is switched off (64²
+  and 224² have no factor 3; its loop handles a partial last step).
+- Faithfulness Correlation: ``--runs`` subsets of 200 pixels set to 0, logits. Quantus gets a
+  perturbation function that replaces whole pixels and our subsets in place of its random ones.
+
+The two sides and the network alone (the same number of plain forward passes of the batch)
+are timed ``--repeats`` times, alternating, and the best time of each is kept (the machine
+may be shared). Prints a Markdown table: metric | model | setting | ours ms/image | Quantus
+ms/image | speed-up × | network alone ms/image | max |score difference|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from functools import partial
+
+import numpy as np
+import quantus
+import torch
+
+import ierf
+from ierf.data.synthetic import generate
+from ierf.metrics import FaithfulnessCorrelation, PixelFlipping
+
+PHOTOS = ["chelsea", "coffee", "camera", "rocket", "astronaut", "horse", "clock", "coins"]
+
+
+def load(name: str, batch: int, device: str) -> tuple[ierf.Model, torch.Tensor, torch.Tensor]:
+    """Model, inputs and gradient×input maps (B, H, W) for each image's top class."""
+    model = ierf.load_model(name)
+    if name.startswith("toy"):
+        images = generate(batch, seed=0, split="test").images
+        p = model.preprocessing
+        x = (images - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    else:
+        x = torch.cat([model.preprocess(ierf.load_image(PHOTOS[i % len(PHOTOS)]))
+                       for i in range(batch)])
+    model.net.to(device)
+    x = x.to(device).requires_grad_(True)
+    logits = model.net(x)
+    y = logits.argmax(1)
+    g, = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), x)
+    a = (g * x).sum(1).detach()
+    a = a + 1e-7 * a.abs().max() * torch.randn_like(a)  # no ties: pixel order well defined
+    return model, x.detach(), y, a
+
+
+def timed(fn) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    out = np.asarray(fn(), dtype=float)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def floor(net: torch.nn.Module, x: torch.Tensor, forwards: int) -> np.ndarray:
+    """The network alone: ``forwards`` plain forward passes of the batch ``x``."""
+    with torch.no_grad():
+        return np.asarray([net(x)[0, 0].item() for _ in range(forwards)])
+
+
+def pixel_indices_to_channels(arr, indices, perturb_baseline, **kwargs):
+    """Quantus perturb_func replacing all channels of pixel indices (< H·W)."""
+    hw = arr.shape[1] // 3
+    idx = np.concatenate([indices + c * hw for c in range(3)], axis=1)
+    return quantus.functions.perturb_func.batch_baseline_replacement_by_indices(
+        arr, idx, perturb_baseline=perturb_baseline)
+
+
+def bench_pixel_flipping(model, x, y, a, steps, ibs, device):
+    """(ours, Quantus, forward passes per image, setting): the two runs as callables."""
+    hw = x.shape[2] * x.shape[3]
+    k = -(-hw // steps)
+    ours = PixelFlipping(features_in_step=k, baseline="black", internal_batch_size=ibs)
+    theirs = quantus.PixelFlipping(features_in_step=3 * k, perturb_baseline="black",
+                                   disable_warnings=True)
+    n = -(-hw // k)
+
+    def run_ours():
+        return ours.curve(model, x, y, a)[:, 1:].cpu()
+
+    def run_quantus():
+        return theirs(model=model.net, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(),
+                      a_batch=a[:, None].cpu().numpy(), device=device, softmax=True)
+
+    return run_ours, run_quantus, n, f"{k} px × {n} steps"
+
+
+def bench_fidelity(model, x, y, a, runs, ibs, device):
+    """(ours, Quantus, forward passes per image, setting): the two runs as callables."""
+    ours = FaithfulnessCorrelation(subset_size=200, nr_runs=runs, internal_batch_size=ibs)
+    subsets = ours.subsets(x.shape[2] * x.shape[3], torch.device("cpu")).numpy()
+    theirs = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=200, return_aggregate=False,
+                                             perturb_func=pixel_indices_to_channels,
+                                             perturb_baseline=0.0, disable_warnings=True)
+
+    def run_ours():
+        return ours(model, x, y, a).cpu()
+
+    def run_quantus():
+        draws = iter([subsets[r] for r in range(runs) for _ in range(len(x))])
+        choice = np.random.choice
+        np.random.choice = lambda *args, **kwargs: next(draws)
+        try:
+            return theirs(model=model.net, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(),
+                          a_batch=a[:, None].cpu().numpy(), device=device)
+        finally:
+            np.random.choice = choice
+
+    return run_ours, run_quantus, runs, f"{runs} runs × 200 px"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["toy-resnet", "efficientnet_lite0"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--flip-steps", type=int, default=128)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--internal-batch-size", type=int, default=None,
+                   help="perturbed copies per forward pass (default: the metrics' own)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    quantus.helpers.asserts.assert_features_in_step = lambda *a, **k: None
+    warnings.filterwarnings("ignore")
+    print(f"\n### Metrics vs Quantus {quantus.__version__} ({args.device}, {args.threads} threads, "
+          f"batch {args.batch}, gradient×input maps, best of {args.repeats} alternating runs)\n")
+    print("| metric | model | setting | ours ms/image | Quantus ms/image | speed-up × | "
+          "network alone ms/image | max score diff |\n|---|---|---|---:|---:|---:|---:|---:|",
+          flush=True)
+    for name in args.models:
+        model, x, y, a = load(name, args.batch, args.device)
+        b = len(x)
+        for metric, bench, n in (("pixel-flipping", bench_pixel_flipping, args.flip_steps),
+                                 ("fidelity", bench_fidelity, args.runs)):
+            run_ours, run_quantus, forwards, setting = bench(model, x, y, a, n,
+                                                             args.internal_batch_size, args.device)
+            floor(model.net, x, 1)
+            times: dict[str, list[float]] = {"ours": [], "quantus": [], "floor": []}
+            for _ in range(args.repeats):  # alternate: load drift hits all three alike
+                t, s_ours = timed(run_ours)
+                times["ours"].append(t)
+                t, s_q = timed(run_quantus)
+                times["quantus"].append(t)
+                times["floor"].append(timed(partial(floor, model.net, x, forwards))[0])
+            t_ours, t_q, t_net = (min(times[k]) * 1000 / b for k in ("ours", "quantus", "floor"))
+            print(f"| {metric} | {name} {x.shape[2]}² | {setting} | {t_ours:.1f} | {t_q:.1f} | "
+                  f"{t_q / t_ours:.2f} | {t_net:.1f} | {np.abs(s_ours - s_q).max():.1e} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
