@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from ierf.errors import IerfError
 
 #: modules adding top-level subcommands (``register(sub)``)
-COMMANDS = ("ierf.cli.explain",)
+COMMANDS = ("ierf.cli.explain", "ierf.cli.atlas", "ierf.cli.concepts")
 #: modules adding ``ierf bench`` subcommands (``register(bench_sub)``)
-BENCH_COMMANDS: tuple[str, ...] = ()
+BENCH_COMMANDS: tuple[str, ...] = ("ierf.cli.bench_local", "ierf.cli.bench_concepts")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
