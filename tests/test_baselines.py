@@ -363,3 +363,34 @@ def test_cli_explains_with_gradcam(tmp_path, capsys):
     out = tmp_path / "x.png"
     assert main(["explain", "chelsea", "--method", "gradcam", "-o", str(out)]) == 0
     assert out.stat().st_size > 0 and "Egyptian cat" in capsys.readouterr().out
+
+
+def _vit_tutorial_reshape(tokens: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's ViT tutorial: drop the CLS token, lay the rest on the square grid."""
+    side = int((tokens.shape[1] - 1) ** 0.5)
+    return tokens[:, 1:, :].reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "layercam", "scorecam", "ablationcam"])
+def test_cams_on_the_toy_vit_are_the_library_with_its_vit_reshape_and_localise(name):
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+
+    from ierf.data.synthetic import generate
+
+    model = ierf.load_model("toy-vit")
+    batch = generate(6, seed=5, split="test")
+    x = (batch.images - 0.5) / 0.5
+    opts = {"batch_size": 32} if name in ("scorecam", "ablationcam") else {}
+    ours = ierf.attributor(name, model, **opts).attribute(x, batch.labels)
+    extra = {"ablation_layer": AblationLayerVit()} if name == "ablationcam" else {}
+    cam = LIBRARY_CAMS[name](model=model.net, target_layers=[model.module("blocks.2")],
+                             reshape_transform=_vit_tutorial_reshape, **extra)
+    try:
+        ref = torch.from_numpy(cam(input_tensor=x, targets=[
+            ClassifierOutputTarget(int(c)) for c in batch.labels]))
+    finally:
+        cam.activations_and_grads.release()
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    positive = ours.clamp(min=0)
+    on_parts = (positive * batch.parts_mask).sum((1, 2)) / positive.sum((1, 2))
+    assert on_parts.mean() > 1.5 * batch.parts_mask.float().mean()

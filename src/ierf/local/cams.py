@@ -16,6 +16,7 @@ pytorch-grad-cam is imported on first use (it pulls in OpenCV and scikit-learn: 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from ierf.local.base import Attributor
 from ierf.local.patches import frozen_params, no_inplace
 from ierf.models.model import Model
+from ierf.models.pfv import to_pfvs
 
 if TYPE_CHECKING:
     from pytorch_grad_cam.base_cam import BaseCAM
@@ -89,7 +91,21 @@ class _LayerCam(_PytorchGradCam):
         import pytorch_grad_cam
 
         cam_class = getattr(pytorch_grad_cam, self.cam_class)
-        return cam_class(model=self.model.net, target_layers=[self.target_layer])
+        return cam_class(model=self.model.net, target_layers=[self.target_layer],
+                         reshape_transform=self._reshape_transform())
+
+    def _reshape_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For ViTs, the library's ``reshape_transform``: (B, T, C) tokens → (B, C, h, w)
+        patch grid, prefix tokens dropped; ``None`` for CNN feature maps."""
+        if not self.model.is_vit:
+            return None
+        prefix, grid = self.model.num_prefix_tokens, self.model.patch_grid
+
+        def tokens_to_grid(t: torch.Tensor) -> torch.Tensor:
+            pf = to_pfvs(t, prefix, grid)
+            return pf.vectors.transpose(1, 2).unflatten(2, pf.grid)
+
+        return tokens_to_grid
 
 
 class GradCAM(_LayerCam):
@@ -181,12 +197,14 @@ class AblationCAM(_LayerCam):
 
     def _run(self, x: torch.Tensor, targets: list[ClassifierOutputTarget] | None) -> torch.Tensor:
         from pytorch_grad_cam import AblationCAM
-        from pytorch_grad_cam.ablation_layer import AblationLayer
+        from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
         from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 
-        ablation_layer = AblationLayer()  # the library's default instance is shared by all
+        # a fresh instance: the library's default one is shared by all
+        ablation_layer = AblationLayerVit() if self.model.is_vit else AblationLayer()
         cam = AblationCAM(model=self.model.net, target_layers=[self.target_layer],
-                              ablation_layer=ablation_layer, batch_size=self.batch_size)
+                          ablation_layer=ablation_layer, batch_size=self.batch_size,
+                          reshape_transform=self._reshape_transform())
         try:
             return torch.from_numpy(cam(input_tensor=x, targets=targets))
         finally:

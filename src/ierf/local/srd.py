@@ -134,6 +134,9 @@ class SRD(Attributor):
         ``"raw"`` (Φ of Eq. 6) or ``"ones"`` (all ones, as in the manipulation experiment).
     bias : ``"proportional"`` or ``"absorb"`` (see the module docstring).
     eps : bias-dominance threshold of the proportional rule.
+    create_graph : keep the maps differentiable with respect to an input that requires grad
+        (the manipulation attack, paper Eq. 7); μ(L→O) enters as a constant, which it is
+        for ``final="ones"``.
     """
 
     name: ClassVar[str] = "srd"
@@ -141,7 +144,8 @@ class SRD(Attributor):
 
     def __init__(self, model: Model | nn.Module, layer: str | None = None,
                  high_layer: str | None = None, final: str = "clamped-mean",
-                 bias: str = "proportional", eps: float = 0.05) -> None:
+                 bias: str = "proportional", eps: float = 0.05,
+                 create_graph: bool = False) -> None:
         super().__init__(model)
         if final not in FINAL_RATIOS:
             raise IerfError(f"unknown final sharing ratio {final!r}; use one of {FINAL_RATIOS}")
@@ -156,6 +160,7 @@ class SRD(Attributor):
             check_supported(self.model.net, self._layer, self.model.is_vit)
         self._high = high_layer
         self.final, self.bias, self.eps = final, bias, eps
+        self.create_graph = create_graph
         self._bias_cache: dict[str, object] = {}
 
     def _encoder_layer(self, x: torch.Tensor) -> str:
@@ -220,7 +225,8 @@ class SRD(Attributor):
             self.model.module(name)
         constants = self._frozen_constants(x, start) if self.model.is_vit else None
         biases = self._biases(x, start, constants) if self.bias == "proportional" else None
-        x = x.detach().requires_grad_(True)
+        if not (self.create_graph and x.requires_grad):
+            x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits, outs = self._forward(x, start, layers, biases, need_logits, constants)
             t = outs[start]
@@ -239,7 +245,8 @@ class SRD(Attributor):
         """One (vmapped, for several seeds) SRD backward pass → (k, B, h, w) per input."""
         many = len(seeds) > 1
         grads = torch.autograd.grad(t, inputs, seeds if many else seeds[0], allow_unused=True,
-                                    is_grads_batched=many, retain_graph=retain)
+                                    is_grads_batched=many, retain_graph=retain or self.create_graph,
+                                    create_graph=self.create_graph)
         out = []
         for v, g in zip(inputs, grads):
             g = torch.zeros_like(v) if g is None else g
@@ -249,10 +256,11 @@ class SRD(Attributor):
     def _grid_map(self, r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """(K, B, 1, h, w) or (K, B, T, 1) per-position relevance → (K, B, h, w) map."""
         if like.dim() == 4:
-            return r[:, :, 0].detach()
-        grid = to_pfvs(like, self.model.num_prefix_tokens, self.model.patch_grid).grid
-        n = grid[0] * grid[1]
-        return r[:, :, -n:, 0].reshape(*r.shape[:2], *grid).detach()
+            r = r[:, :, 0]
+        else:
+            grid = to_pfvs(like, self.model.num_prefix_tokens, self.model.patch_grid).grid
+            r = r[:, :, -grid[0] * grid[1]:, 0].reshape(*r.shape[:2], *grid)
+        return r if self.create_graph else r.detach()
 
     def _frozen_constants(self, x: torch.Tensor, start: str) -> list[torch.Tensor]:
         """Attention weights and LayerNorm σ of this forward pass, up to ``start`` (ViT)."""
