@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from bench_baselines import time_per_image  # this folder is on sys.path when run as a script
 
 import ierf
 from ierf.atlas.extractors import TopKSAE
@@ -57,17 +57,6 @@ def main() -> None:
               flush=True)
     print(f"| gradient (median of its {len(gradient_times)} runs) | "
           f"{1000 * statistics.median(gradient_times):.1f} | 1.00 |", flush=True)
-
-
-def time_per_image(method: ierf.Attributor, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds per image of ``method.attribute(x)`` (top-class target)."""
-    method.attribute(x[:1])
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        method.attribute(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / len(x)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ierf.io import atomic_path
+from ierf.viz.figures import save_figure
 
 
 @dataclass
@@ -99,9 +100,7 @@ class Table:
             ax.axvline(0, color="k", lw=0.5)
         fig.suptitle(self.title, fontsize=10)
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
 
     def write(self, out: str | Path) -> None:
         """Write ``table.md``, ``table.csv`` and ``figure.png`` into ``out``."""

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from ierf.atlas.extractors import ConceptExtractor
 from ierf.errors import IerfError
-from ierf.io import atomic_path
 from ierf.metrics.concepts import encode_layer
 from ierf.models.model import Model
+from ierf.viz.figures import save_figure
 
 
 def nearest_samples(X: torch.Tensor, extractor: ConceptExtractor, concepts: Sequence[int],
@@ -97,12 +97,7 @@ def save_concept_cards(images: torch.Tensor, ierfs: torch.Tensor, path: str | Pa
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=80)
 
 
 def concept_locations(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
@@ -147,9 +142,4 @@ def save_concept_locations(image: torch.Tensor, maps: torch.Tensor, path: str | 
     for ax in axes[0]:
         ax.axis("off")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=80)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ierf.io import atomic_path
+from ierf.viz.figures import save_figure
 
 
 def normalize_map(saliency: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
@@ -48,10 +48,5 @@ def save_overlay(image: torch.Tensor, saliency: torch.Tensor, path: str | Path,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
