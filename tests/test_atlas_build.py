@@ -39,7 +39,7 @@ def atlas(toy, tmp_path_factory):
 
 def benchmark_inputs(model: ierf.Model, n: int, seed: int, split: str) -> torch.Tensor:
     batch = generate(n, seed, split)
-    return torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+    return model.normalize(batch.images)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -58,7 +58,7 @@ def toy_vit() -> ierf.Model:
 @pytest.fixture(scope="module")
 def synthetic(toy_vit):
     batch = generate(16, seed=79, split="test")
-    x = torch.cat([toy_vit.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+    x = toy_vit.normalize(batch.images)
     return batch, x
 
 

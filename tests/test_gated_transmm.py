@@ -137,7 +137,7 @@ def test_the_shipped_toy_vit_sae_reconstructs_the_residual_stream():
     assert TOY_VIT_SAE.with_suffix(".safetensors").stat().st_size < 1_000_000
     model = ierf.load_model("toy-vit")
     images = generate(32, seed=5, split="val").images
-    x = torch.cat([model.preprocess(i.permute(1, 2, 0).numpy()) for i in images])
+    x = model.normalize(images)
     X = model.pfvs(x, TOY_VIT_SAE_LAYER)[TOY_VIT_SAE_LAYER].vectors.flatten(0, 1)
     with torch.no_grad():
         U = sae.encode(X)

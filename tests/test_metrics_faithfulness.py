@@ -98,8 +98,7 @@ def test_pixel_flipping_curve_endpoints(linear):
 def toy_data():
     toy = ierf.load_model("toy-resnet")
     d = generate(3, seed=5, split="test")
-    p = toy.preprocessing
-    x = (d.images - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    x = toy.normalize(d.images)
     xg = x.detach().requires_grad_(True)
     g, = torch.autograd.grad(toy.net(xg).gather(1, d.labels[:, None]).sum(), xg)
     a = (g * x).sum(1)
@@ -205,8 +204,7 @@ def test_patch_level_on_the_toy_vit_matches_a_direct_computation():
     perturbing the image by hand for the metric's own subsets and SaCo groups."""
     vit = ierf.load_model("toy-vit")
     d = generate(2, seed=9, split="test")
-    p = vit.preprocessing
-    x = (d.images - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    x = vit.normalize(d.images)
     y = d.labels
     a = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(4))
     fc = FaithfulnessCorrelation(subset_size=5, nr_runs=6, patch_size=8)

@@ -31,8 +31,7 @@ def toy() -> ierf.Model:
 @pytest.fixture(scope="module")
 def data(toy):
     d = generate(6, seed=3, split="test")
-    p = toy.preprocessing
-    x = (d.images - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    x = toy.normalize(d.images)
     xg = x.detach().requires_grad_(True)
     g, = torch.autograd.grad(toy.net(xg).gather(1, d.labels[:, None]).sum(), xg)
     return x, d.labels, (g * x).sum(1), d.parts_mask

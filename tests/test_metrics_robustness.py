@@ -43,8 +43,7 @@ def edges(net, x, y):
 def toy_data():
     toy = ierf.load_model("toy-resnet")
     d = generate(3, seed=7, split="test")
-    p = toy.preprocessing
-    x = (d.images - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    x = toy.normalize(d.images)
     return toy, x, d.labels, gradient_x_input(toy.net, x, d.labels).detach()
 
 

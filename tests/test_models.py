@@ -160,10 +160,23 @@ def test_toy_models_load_through_the_zoo_and_classify_the_benchmark():
     for name in TOY_MODELS:
         model = ierf.load_model(name)
         assert model.input_size == (3, 64, 64) and model.class_names == CLASS_NAMES
-        x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+        x = model.normalize(batch.images)
         with torch.no_grad():
             accuracy = (model(x).argmax(1) == batch.labels).float().mean()
         assert accuracy >= 0.85, name
     vit = ierf.load_model("toy-vit")
     p = vit.pfvs(x[:2], "blocks.2")["blocks.2"]
     assert vit.is_vit and p.grid == (8, 8) and p.prefix.shape[1] == 1
+
+
+def test_normalize_is_preprocess_for_images_at_the_input_size():
+    from ierf.data.synthetic import generate
+
+    batch = generate(3, seed=7, split="test")
+    for name in ("toy-resnet", "toy-vit"):
+        model = ierf.load_model(name)
+        one_by_one = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy())
+                                for img in batch.images])
+        torch.testing.assert_close(model.normalize(batch.images), one_by_one, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.denormalize(model.normalize(batch.images)),
+                                   batch.images, atol=1e-6, rtol=0)

@@ -47,7 +47,7 @@ def test_srd_localises_the_class_determining_parts_better_than_the_gradient():
 
     model = ierf.load_model("toy-resnet")
     batch = generate(48, seed=77, split="test")
-    x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+    x = model.normalize(batch.images)
     srd = attribution_localisation(ierf.attributor("srd", model).attribute(x, batch.labels),
                                    batch.parts_mask)
     grad = attribution_localisation(ierf.attributor("gradient", model).attribute(x, batch.labels),
@@ -64,7 +64,7 @@ def test_srd_runs_on_every_toy_model_and_beats_the_mask_area():
     area = batch.parts_mask.float().mean()
     for name in TOY_MODELS:
         model = ierf.load_model(name)
-        x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+        x = model.normalize(batch.images)
         saliency = ierf.attributor("srd", model).attribute(x, batch.labels)
         assert saliency.shape == (16, 64, 64) and torch.isfinite(saliency).all(), name
         assert attribution_localisation(saliency, batch.parts_mask).mean() > 2 * area, name

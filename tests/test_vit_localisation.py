@@ -23,7 +23,7 @@ def attribution_localisation(saliency: torch.Tensor, mask: torch.Tensor) -> torc
 def scenes() -> tuple[ierf.Model, torch.Tensor, object]:
     model = ierf.load_model("toy-vit")
     batch = generate(16, seed=21, split="test")
-    x = torch.cat([model.preprocess(img.permute(1, 2, 0).numpy()) for img in batch.images])
+    x = model.normalize(batch.images)
     return model, x, batch
 
 

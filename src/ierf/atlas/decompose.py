@@ -56,8 +56,12 @@ def _duality_gap(X: torch.Tensor, V: torch.Tensor, U: torch.Tensor, lam: float,
 
 
 def lipschitz_constant(V: torch.Tensor) -> float:
-    """Lipschitz constant ``L = σ_max(V)² / C`` of the gradient of ``(1/(2C))‖x − V u‖²``."""
-    return torch.linalg.matrix_norm(V, ord=2).item() ** 2 / V.shape[0]
+    """Lipschitz constant ``L = σ_max(V)² / C`` of the gradient of ``(1/(2C))‖x − V u‖²``.
+
+    σ_max² is the largest eigenvalue of the smaller Gram matrix (V Vᵀ or Vᵀ V), an order of
+    magnitude faster than an SVD of a wide dictionary (K = 8 C)."""
+    gram = V @ V.T if V.shape[0] <= V.shape[1] else V.T @ V
+    return torch.linalg.eigvalsh(gram)[-1].clamp_min(0).item() / V.shape[0]
 
 
 @torch.no_grad()

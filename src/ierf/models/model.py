@@ -91,6 +91,14 @@ class Model:
         x = TF.center_crop(x, list(p.input_size)).clamp(0, 1)
         return TF.normalize(x, p.mean, p.std).unsqueeze(0)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images already at the input size, (B, 3, H, W) in [0, 1] (e.g. the synthetic
+        benchmark's) → normalised model input, batched; no resizing."""
+        if self.preprocessing is None:
+            raise IerfError(f"model {self.name!r} has no preprocessing; build it with "
+                            "ierf.load_model or pass Preprocessing to ierf.Model")
+        return TF.normalize(images, self.preprocessing.mean, self.preprocessing.std)
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Invert the normalisation of ``preprocess``: (B, 3, H, W) → values in [0, 1]."""
         if self.preprocessing is None:

@@ -12,6 +12,7 @@ PFVs are then decomposed over the concepts by Lasso (GIG Eq. 2 / IERF Eq. 12) an
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Literal
 
 import torch
@@ -79,15 +80,15 @@ def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int 
         raise IerfError(f"need 1 <= n_clusters <= number of PFVs ({n}), got {n_clusters}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.zeros(n, dtype=torch.long, device=Z.device)
-    sizes = [n]
+    heap = [(-n, 0)]  # (−size, label): the largest cluster, lowest label first
     for new in range(1, n_clusters):
-        largest = max(range(len(sizes)), key=sizes.__getitem__)
+        size, largest = heapq.heappop(heap)
         members = (labels == largest).nonzero().squeeze(1)
         moved = members[spherical_two_means(Z[members], n_init=n_init, max_iter=max_iter,
                                             generator=generator)]
         labels[moved] = new
-        sizes[largest] -= len(moved)
-        sizes.append(len(moved))
+        heapq.heappush(heap, (size + len(moved), largest))
+        heapq.heappush(heap, (-len(moved), new))
     return labels
 
 
