@@ -230,6 +230,41 @@ def test_attack_explainers_are_the_registry_methods_and_differentiable():
     assert pearson(cam, ierf.attributor("gradcam", model).attribute(batch.x, y)).min() > 0.98
 
 
+@pytest.mark.parametrize("name", ["toy-resnet", "toy-vgg"])
+def test_attack_guided_backprop_and_lrp_are_the_registry_maps_with_exact_input_gradients(name):
+    """Guided backprop (Captum) and LRP-z⁺ (Zennit, same canonization) give the registry's maps
+    on the real network; under the attack's softplus surrogate their derivative w.r.t. the
+    input matches central finite differences (float64; off the max-pool switches a tiny step
+    stays clear of)."""
+    from ierf.bench import attack
+    from ierf.metrics.attacks import SoftplusSurrogate
+
+    model = ierf.load_model(name)
+    batch = ierf.bench.data.SyntheticData(model, 2, seed=5).batch(0, 2)
+    mine = attack.explainers(model)
+    assert set(attack.DEFAULT_METHODS) <= set(mine) & set(ierf.methods())  # the paper's set
+    for m in ("guided-backprop", "lrp-zplus"):
+        a = mine[m]()(model.net, batch.x.clone().requires_grad_(True), batch.y).detach()
+        ref = ierf.attributor(m, model).attribute(batch.x, batch.y)
+        torch.testing.assert_close(a, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-4)
+    model.net.double()
+    g = torch.Generator().manual_seed(0)
+    x = batch.x.double() + 0.05 * torch.randn(batch.x.shape, generator=g, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    w = torch.randn(x.shape[0], *x.shape[2:], generator=g, dtype=torch.float64)
+    mine = attack.explainers(model)  # built on the float64 network
+    for m in ("guided-backprop", "lrp-zplus"):
+        explain, h = mine[m](), 1e-8
+        z = x.clone().requires_grad_(True)
+        with SoftplusSurrogate(30.0):
+            (grad,) = torch.autograd.grad((explain(model.net, z, batch.y) * w).sum(), z)
+            maps = [explain(model.net, (x + s * h * v).requires_grad_(True), batch.y).detach()
+                    for s in (1, -1)]
+        fd = ((maps[0] - maps[1]) * w).sum().item() / (2 * h)
+        assert grad.abs().sum() > 0, m
+        assert (grad * v).sum().item() == pytest.approx(fd, rel=1e-4, abs=1e-6), m
+
+
 def test_best_respects_the_score_direction():
     t = Table("t", ["a", "b", "c"], ["up", "down"], ["higher", "lower"],
               np.array([[0.1, 0.5], [0.3, 0.2], [np.nan, 0.9]]), np.full((3, 2), 0.01),

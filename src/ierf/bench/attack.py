@@ -6,12 +6,15 @@ the map of image ``n + i`` (for that image's own class), with
 original and manipulated maps (higher = harder to manipulate).
 
 The attack differentiates the map with respect to the input, so each method here is written
-as a differentiable ``explain(net, x, y)`` (``create_graph=True``); SRD runs with
-μ(L→O) = 1 as the paper does, so no other attributor leaks into it.
+as a differentiable ``explain(net, x, y)`` (``create_graph=True``) that gives the registry
+method's map on the real network; SRD runs with μ(L→O) = 1 as the paper does, so no other
+attributor leaks into it. The paper's comparison (Fig. 4): gradient, gradient × input, guided
+backprop, Integrated Gradients, LRP-z⁺ and SRD.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
+from zennit.composites import LayerMapComposite
 
 from ierf.bench.data import prepare
 from ierf.bench.run import mean_se
@@ -27,12 +32,16 @@ from ierf.bench.store import ResultStore
 from ierf.bench.tables import Table
 from ierf.errors import unknown_name
 from ierf.io import atomic_path
+from ierf.local.lrp import zplus_composite
 from ierf.local.srd import SRD
 from ierf.metrics.attacks import manipulation_attack
 from ierf.metrics.base import Explain
 from ierf.models.model import Model
+from ierf.viz.figures import save_figure
 
-DEFAULT_METHODS = ("gradient", "grad-x-input", "integrated-gradients", "gradcam", "srd")
+#: the paper's Fig. 4 methods (``gradcam`` is available too)
+DEFAULT_METHODS = ("gradient", "grad-x-input", "guided-backprop", "integrated-gradients",
+                   "lrp-zplus", "srd")
 QUICK_METHODS = ("gradient", "srd")
 #: stored per image: the table's two robustness scores, then the attack's own diagnostics
 COLUMNS = {"ssim": ("SSIM", "higher"), "pearson": ("PCC", "higher")}
@@ -62,6 +71,110 @@ def integrated_gradients(steps: int = 16) -> Explain:
         path = (alphas.view(-1, 1, 1, 1, 1) * x).flatten(0, 1)  # (steps·B, C, H, W)
         g = _input_gradient(net, path, y.repeat(steps)).view(steps, *x.shape).mean(0)
         return (g * x).sum(1)
+    return explain
+
+
+_RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+class _GuidedBackward(torch.autograd.Function):
+    """Forward: the activation's output ``a``; backward: ``relu(g) · slope`` into ``x`` only.
+
+    The backward is made of torch ops on the saved ``slope`` (a graph function of ``x``), so
+    with ``create_graph`` the guided gradient is itself differentiable w.r.t. the input.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(slope)
+        return a.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (slope,) = ctx.saved_tensors
+        return g.clamp_min(0) * slope, None, None  # clamp_min: no ReLU call for a mode to see
+
+
+class _ReLUSlopes(TorchFunctionMode):
+    """While active, record the local slope σ'(x) of every ReLU call, in call order.
+
+    ``σ`` is whatever the ReLU call computes under the modes outside this one: the ReLU itself
+    (slope 1[x > 0]), or the attack's softplus surrogate (slope sigmoid(βx)). The slope is
+    taken by autograd with ``create_graph``, so it stays a graph function of the input.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slopes: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func not in _RELUS:
+            return func(*args, **(kwargs or {}))
+        x = args[0]
+        a = torch.relu(x)  # out of place; the softplus surrogate when the attack runs
+        self.slopes.append(torch.autograd.grad(a, x, torch.ones_like(a), create_graph=True)[0])
+        return a
+
+
+class _GuidedReLU(TorchFunctionMode):
+    """While active, the k-th ReLU call back-propagates ``relu(g) · slopes[k]``."""
+
+    def __init__(self, slopes: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.slopes = iter(slopes)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func not in _RELUS:
+            return func(*args, **(kwargs or {}))
+        return _GuidedBackward.apply(args[0], torch.relu(args[0]), next(self.slopes))
+
+
+def guided_backprop(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Guided backprop (Springenberg et al. 2015), differentiable: max over channels of
+    |guided ∂F_y/∂x|, the registry's ``guided-backprop`` map.
+
+    At every ReLU (module or functional) the backward is ``relu(g) · σ'(x)``. The map depends
+    on the input only through these slopes, so they come from a plain forward pass (true
+    derivatives back to the input), and a second, guided pass uses them: had the slopes been
+    taken inside the guided pass, the second derivative the attack needs would flow back
+    through guided ReLUs instead of the network's own Jacobian.
+    """
+    with _ReLUSlopes() as record:
+        net(x)
+    with _GuidedReLU(record.slopes):
+        score = net(x).gather(1, y[:, None]).sum()
+    g = torch.autograd.grad(score, x, create_graph=True)[0]
+    return g.abs().amax(1)
+
+
+def lrp_zplus(model: Model, stabilizer: float = 1e-6) -> Explain:
+    """LRP-z⁺ with the registry's Zennit composite (:func:`ierf.local.lrp.zplus_composite`),
+    differentiable: input relevance summed over channels, output relevance = target logit.
+
+    Zennit's rules compute each layer's relevance with ``autograd.grad`` on the stored layer
+    input, and pass ``create_graph`` on when the incoming relevance requires grad, so the
+    relevance map stays in the graph when the output relevance does (here: the logit, not
+    detached). Its BatchNorm canonizer, however, merges by overwriting ``.data`` and restores
+    the parameters on exit, which would silently change the weights the attack's second
+    backward pass reads; so the canonizers are applied once, for good, to a private copy of
+    the network (as it is when the explainer is built), and only the rule hooks are
+    registered per call.
+    """
+    net = copy.deepcopy(model.net).eval().requires_grad_(False)
+    for m in net.modules():
+        if getattr(m, "inplace", None) is True:
+            m.inplace = False  # Zennit's hooks need out-of-place activations
+    composite = zplus_composite(net, stabilizer)
+    for canonizer in composite.canonizers:
+        canonizer.apply(net)  # never removed: the copy stays canonized
+    rules = LayerMapComposite(layer_map=composite.layer_map)
+
+    def explain(_net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with rules.context(net):
+            logits = net(x)
+            one_hot = torch.zeros_like(logits).scatter_(1, y[:, None], 1.0)
+            (relevance,) = torch.autograd.grad(logits, x, one_hot * logits, create_graph=True)
+        return relevance.sum(1)
     return explain
 
 
@@ -95,8 +208,9 @@ def srd_ones(model: Model) -> Explain:
 def explainers(model: Model) -> dict[str, Callable[[], Explain]]:
     """Differentiable explainers by method name (built on demand)."""
     return {"gradient": lambda: gradient, "grad-x-input": lambda: grad_x_input,
-            "integrated-gradients": integrated_gradients, "gradcam": lambda: gradcam(model),
-            "srd": lambda: srd_ones(model)}
+            "guided-backprop": lambda: guided_backprop,
+            "integrated-gradients": integrated_gradients, "lrp-zplus": lambda: lrp_zplus(model),
+            "gradcam": lambda: gradcam(model), "srd": lambda: srd_ones(model)}
 
 
 def run_attack(model: Model, methods: list[str], n: int, out: str | Path, seed: int = 0,
@@ -192,6 +306,4 @@ def _figure(model: Model, x: torch.Tensor, x_target: torch.Tensor,
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

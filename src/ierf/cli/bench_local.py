@@ -29,9 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     at = sub.add_parser("attack", help="explanation manipulation attack (paper Eq. 7, Fig. 4): "
                         "SSIM and Pearson between original and manipulated maps")
-    at.add_argument("--model", default="toy-resnet", help="model (default toy-resnet)")
-    at.add_argument("--methods", help="comma-separated methods (default: gradient, "
-                    "grad-x-input, guided-backprop, integrated-gradients, lrp-zplus, gradcam, srd)")
+    at.add_argument("--model", default="toy-vgg", help="model (default toy-vgg; the paper "
+                    "attacks VGG16)")
+    at.add_argument("--methods", help="comma-separated methods (default: the paper's gradient, "
+                    "grad-x-input, guided-backprop, integrated-gradients, lrp-zplus, srd; "
+                    "gradcam is available too)")
     at.add_argument("--steps", type=int, help="most optimisation steps per pair")
     _common(at, n=16, quick_n=2, batch_size=4)
     at.set_defaults(run=_attack)
