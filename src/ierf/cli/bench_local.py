@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     at = sub.add_parser("attack", help="explanation manipulation attack (paper Eq. 7, Fig. 4): "
                         "SSIM and Pearson between original and manipulated maps")
-    at.add_argument("--model", default="toy-vgg", help="model (default toy-vgg; the paper "
-                    "attacks VGG16)")
+    at.add_argument("--model", default="toy-resnet", help="model (default toy-resnet; on "
+                    "toy-vgg the input-MSE stop is reached before any map moves much)")
     at.add_argument("--methods", help="comma-separated methods (default: the paper's gradient, "
                     "grad-x-input, guided-backprop, integrated-gradients, lrp-zplus, srd; "
                     "gradcam is available too)")
