@@ -108,12 +108,19 @@ def test_vit_positions_index_the_patch_grid_without_the_cls_token(tmp_path):
     x = benchmark_inputs(vit, 4, 5, "test")
     r = a.records("blocks.1")
     assert len(r["image"]) == 8 and a.meta["grids"]["blocks.1"] == [8, 8]
+    assert a.meta["ierf_method"] == "attnlrp"
     tokens = vit.pfvs(x, "blocks.1")["blocks.1"].vectors  # (B, 64, C), CLS apart
     torch.testing.assert_close(a.pfvs("blocks.1"), tokens[r["image"], r["position"]])
-    want = ierf.SRD(vit).ierfs(x, [ierf.PFVTarget("blocks.1", r["position"][r["sample"] == j])
-                                   for j in (0, 1)])  # (2, B, H, W)
+    # a ViT atlas takes its relevance and iERFs from AttnLRP (paper Sec. III-D)
+    lrp = ierf.attributor("attnlrp", vit)
+    want = lrp.ierfs(x, [ierf.PFVTarget("blocks.1", r["position"][r["sample"] == j])
+                         for j in (0, 1)])  # (2, B, H, W)
     torch.testing.assert_close(a.ierfs("blocks.1"), want[r["sample"], r["image"]],
                                rtol=1e-4, atol=1e-6)
+    token_relevance = lrp.relevance(x, r["predicted"].reshape(4, 2)[:, 0],
+                                    ["blocks.1"])["blocks.1"][:, 1:].sum(-1)  # (B, 64)
+    torch.testing.assert_close(a.records("blocks.1")["contribution"],
+                               token_relevance[r["image"], r["position"]], rtol=1e-4, atol=1e-6)
 
 
 def test_relevance_weighted_samples_sit_on_the_class_determining_parts(atlas):

@@ -26,6 +26,7 @@ from ierf.models.model import Model
 
 BENCHMARK = "benchmark"
 PHOTOS = "photos"
+ENGINES = ("srd", "attnlrp")
 
 
 def resolve_source(images: str | Path, n: int | None = None) -> tuple[str, list[str]]:
@@ -71,6 +72,17 @@ def load_source_images(source: str, ids: Sequence[str], model: Model) -> torch.T
     return torch.cat([model.preprocess(load_image(i if root is None else root / i)) for i in ids])
 
 
+def default_engine(model: Model, method: str | None = None) -> IerfEngine:
+    """The iERF method of an atlas: ``method`` from the registry (``"srd"`` or ``"attnlrp"``),
+    or by default SRD for CNNs and AttnLRP for ViTs (paper Sec. III-D)."""
+    from ierf.local.registry import attributor
+
+    method = method or ("attnlrp" if model.is_vit else "srd")
+    if method not in ENGINES:
+        raise IerfError(f"atlas iERFs come from one of {ENGINES}, not {method!r}")
+    return attributor(method, model)
+
+
 def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: str | Path,
                 samples_per_image: int = 1, n: int | None = None, batch_size: int = 16,
                 ierf_downsample: int = 1, seed: int = 0, device: str | torch.device | None = None,
@@ -92,20 +104,18 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     seed : sampling seed (draws are seeded per image and layer).
     device : where to compute (default: the model's device).
     internal_batch_size : iERF targets per batched backward pass.
-    engine : the layer-relevance and iERF method (default: SRD of ``model``).
+    engine : the layer-relevance and iERF method (default: :func:`default_engine`).
     overwrite : replace an atlas of a different build in ``out``.
 
     Returns
     -------
     The finished :class:`~ierf.atlas.store.Atlas` (on every rank).
     """
-    from ierf.local.srd import SRD
-
     if batch_size < 1 or internal_batch_size < 1:
         raise IerfError(f"batch sizes must be ≥ 1, got {batch_size} and {internal_batch_size}")
     device = torch.device(device) if device is not None else model.device
     model.net.to(device)
-    engine = engine if engine is not None else SRD(model)
+    engine = engine if engine is not None else default_engine(model)
     layers = check_layers(model, engine, layers)
     source, ids = resolve_source(images, n)
     rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)

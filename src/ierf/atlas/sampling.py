@@ -138,8 +138,9 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
     image_t = torch.as_tensor(list(images), dtype=torch.long)
     out = {}
     for layer in layers:
-        contribution = relevance[layer].flatten(1)  # (B, N), row-major like the PFVs
-        grid_w = relevance[layer].shape[-1]
+        per_position = position_map(model, relevance[layer], pfvs[layer])
+        contribution = per_position.flatten(1)  # (B, N), row-major like the PFVs
+        grid_w = per_position.shape[-1]
         positions, counts = sample_positions(
             contribution, samples_per_image, [image_seed(seed, i, layer) for i in images])
         valid = positions >= 0
@@ -159,6 +160,17 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
             "contribution": contribution[dev_b, dev_pos].float().cpu(),
         }
     return out
+
+
+def position_map(model: Model, relevance: torch.Tensor, pfvs: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) relevance per position of a layer with PFVs ``pfvs`` (B, N, C): SRD's maps
+    as they are; channel-wise relevance (AttnLRP: (B, C, h, w) maps or (B, T, C) tokens)
+    summed over channels, prefix tokens dropped."""
+    n, c = pfvs.shape[1:]
+    if relevance.dim() == 3 and relevance.shape[1] >= n and relevance.shape[2] == c > 1:
+        pf = to_pfvs(relevance, model.num_prefix_tokens, model.patch_grid)
+        return pf.vectors.sum(-1).unflatten(1, pf.grid)
+    return relevance.sum(1) if relevance.dim() == 4 else relevance
 
 
 def _ierfs(engine: IerfEngine, x: torch.Tensor, layer: str, positions: torch.Tensor,

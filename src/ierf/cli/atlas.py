@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="iERF targets per batched backward pass")
     b.add_argument("--ierf-downsample", type=int, default=1,
                    help="area-pooling factor of the stored iERF maps (default 1: full size)")
+    b.add_argument("--ierf-method", choices=("srd", "attnlrp"),
+                   help="relevance and iERF method (default: srd for CNNs, attnlrp for ViTs)")
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     b.add_argument("--overwrite", action="store_true",
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from ierf.atlas.build import build_atlas
+    from ierf.atlas.build import build_atlas, default_engine
     from ierf.atlas.store import load_atlas_model
 
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -57,12 +59,13 @@ def _build(args: argparse.Namespace) -> int:
         if torchrun and device == "cuda":
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         model = load_atlas_model(args.model, args.weights)
+        engine = default_engine(model, args.ierf_method)
         atlas = build_atlas(model, args.images, [s for s in args.layers.split(",") if s],
                             args.out, samples_per_image=args.samples_per_image, n=args.n,
                             batch_size=args.batch_size, ierf_downsample=args.ierf_downsample,
                             seed=args.seed, device=device,
-                            internal_batch_size=args.internal_batch_size, weights=args.weights,
-                            overwrite=args.overwrite)
+                            internal_batch_size=args.internal_batch_size, engine=engine,
+                            weights=args.weights, overwrite=args.overwrite)
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(_summary(atlas))
     finally:
