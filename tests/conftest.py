@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline EfficientNet-Lite0 is loaded once per session."""
+"""Shared fixtures: the offline models are loaded once per session."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def lite0() -> ierf.Model:
 def resnet50_random() -> ierf.Model:
     torch.manual_seed(0)
     return ierf.load_model("resnet50", weights=None)
+
+
+@pytest.fixture(scope="session")
+def toy() -> ierf.Model:
+    return ierf.load_model("toy-resnet")
+
+
+@pytest.fixture(scope="session")
+def toy_vit() -> ierf.Model:
+    return ierf.load_model("toy-vit")

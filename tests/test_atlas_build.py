@@ -26,11 +26,6 @@ LAYERS = ["layer1", "layer2", "layer3"]
 
 
 @pytest.fixture(scope="module")
-def toy() -> ierf.Model:
-    return ierf.load_model("toy-resnet")
-
-
-@pytest.fixture(scope="module")
 def atlas(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("atlas")
     return build_atlas(toy, "benchmark:5:test", LAYERS, out, samples_per_image=2, n=N,

@@ -51,11 +51,6 @@ def tiny_torchvision(zero_bias: bool = False) -> ierf.Model:
 
 
 @pytest.fixture(scope="module")
-def toy_vit() -> ierf.Model:
-    return ierf.load_model("toy-vit")
-
-
-@pytest.fixture(scope="module")
 def synthetic(toy_vit):
     batch = generate(16, seed=79, split="test")
     x = toy_vit.normalize(batch.images)

@@ -22,11 +22,6 @@ from ierf.viz.cards import (
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def toy() -> ierf.Model:
-    return ierf.load_model("toy-resnet")
-
-
 def test_nearest_samples_by_cosine_and_coefficient() -> None:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 8, generator=g)

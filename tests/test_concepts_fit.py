@@ -23,11 +23,6 @@ from ierf.errors import IerfError, UnknownNameError
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def toy() -> ierf.Model:
-    return ierf.load_model("toy-resnet")
-
-
 @pytest.mark.parametrize("method,cls", [
     ("kmeans", BisectingSphericalKMeans), ("dictionary", DictionaryLearner),
     ("sae", SparseAutoencoder), ("topk-sae", TopKSAE), ("matryoshka-sae", MatryoshkaSAE),

@@ -25,11 +25,6 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def toy() -> ierf.Model:
-    return ierf.load_model("toy-resnet")
-
-
-@pytest.fixture(scope="module")
 def data(toy):
     """Benchmark images, the PFVs of two layers, a k-means and a TopK-SAE basis of each."""
     x = normalise(generate(48, seed=3, split="val").images)

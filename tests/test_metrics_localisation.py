@@ -24,11 +24,6 @@ from ierf.metrics.similarity import average_ranks, pearson, spearman, ssim
 
 
 @pytest.fixture(scope="module")
-def toy() -> ierf.Model:
-    return ierf.load_model("toy-resnet")
-
-
-@pytest.fixture(scope="module")
 def data(toy):
     d = generate(6, seed=3, split="test")
     x = toy.normalize(d.images)
