@@ -89,3 +89,14 @@ def test_feeding_batchnorm(toy) -> None:
 def test_no_batchnorm_no_center() -> None:
     vgg = ierf.load_model("toy-vgg")
     assert layer_center(vgg, "features.8") is None
+
+
+def test_default_sae_training_is_long_enough_for_a_small_atlas() -> None:
+    """A few hundred PFVs make one Adam step an epoch: 20 epochs leave a TopK SAE near the
+    mean predictor, the default (≥ 2000 steps) learns the planted dictionary."""
+    X, _ = sparse_pfvs(240, 32, 64, 3, seed=0)
+    short = fit_concepts(X, "topk-sae", 64, k=4, epochs=20)
+    default = fit_concepts(X, "topk-sae", 64, k=4)
+    error = {name: (e.decode(e.encode(X)) - X).norm() / X.norm()
+             for name, e in (("short", short), ("default", default))}
+    assert error["default"] < 0.3 < error["short"]

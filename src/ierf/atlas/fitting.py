@@ -39,6 +39,16 @@ METHODS: dict[str, type[ConceptExtractor]] = {
 
 #: keyword arguments of :meth:`SAEBase.fit` (the rest go to the SAE's constructor)
 SAE_FIT_OPTIONS = ("epochs", "batch_size", "lr", "progress")
+#: SAE training by default: at least this many epochs and this many optimiser steps
+MIN_EPOCHS, MIN_STEPS = 20, 2000
+
+
+def default_epochs(n_pfvs: int, batch_size: int = 256) -> int:
+    """Epochs giving an SAE at least :data:`MIN_STEPS` Adam steps and :data:`MIN_EPOCHS`
+    epochs: small atlases (a few hundred PFVs: one step an epoch) would otherwise stay
+    untrained, large ones are not trained longer than needed."""
+    steps_per_epoch = max(1, -(-n_pfvs // batch_size))
+    return max(MIN_EPOCHS, -(-MIN_STEPS // steps_per_epoch))
 
 
 def fit_concepts(pfvs: torch.Tensor, method: str = "kmeans", n_concepts: int | None = None,
@@ -56,8 +66,8 @@ def fit_concepts(pfvs: torch.Tensor, method: str = "kmeans", n_concepts: int | N
         decoding (Eq. 9); only ``kmeans`` uses it — SAEs learn their own decoder bias and
         dictionary learning fits the raw PFVs. See :func:`layer_center`.
     **opts : extractor options (e.g. ``alpha``, ``encoding`` for k-means, ``k`` for TopK
-        SAEs); for SAEs also the training options ``epochs``, ``batch_size``, ``lr``,
-        ``progress`` of :meth:`SAEBase.fit`.
+        SAEs); for SAEs also the training options ``epochs`` (default
+        :func:`default_epochs`), ``batch_size``, ``lr``, ``progress`` of :meth:`SAEBase.fit`.
 
     Returns
     -------
@@ -78,6 +88,8 @@ def fit_concepts(pfvs: torch.Tensor, method: str = "kmeans", n_concepts: int | N
         return cls(n_concepts, center=center, **opts).fit(X)
     if issubclass(cls, SAEBase):
         fit_opts = {name: opts.pop(name) for name in SAE_FIT_OPTIONS if name in opts}
+        if fit_opts.get("epochs") is None:
+            fit_opts["epochs"] = default_epochs(len(X), fit_opts.get("batch_size", 256))
         sae = cls(X.shape[1], n_concepts, **opts).to(X.device)
         return sae.fit(X, **fit_opts)
     return cls(n_concepts, **opts).fit(X)

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=16,
                    help="atlas images for C-insertion/deletion (default 16)")
     p.add_argument("--ig-steps", type=int, default=32, help="IG steps of Eq. 7 (default 32)")
-    p.add_argument("--epochs", type=int, default=20, help="SAE training epochs (default 20)")
+    p.add_argument("--epochs", type=int, help="SAE training epochs (default: at least 20 "
+                   "epochs and 2000 steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--out", help="output prefix for .md and .csv (default "

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--n-concepts", type=int, help="number of concepts K (default 8 × channels)")
     f.add_argument("--no-center", action="store_true",
                    help="k-means: do not centre PFVs by the feeding BatchNorm's μ_BN")
-    f.add_argument("--epochs", type=int, default=20, help="SAE training epochs (default 20)")
+    f.add_argument("--epochs", type=int, help="SAE training epochs (default: at least 20 "
+                   "epochs and 2000 steps)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     f.add_argument("-o", "--out", help="output path without suffix (default "
