@@ -25,6 +25,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from ierf.atlas.decompose import l0_ratio, relative_l2
 from ierf.atlas.extractors import ConceptExtractor
 from ierf.errors import IerfError
+from ierf.metrics.faithfulness import curve_auc
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 
@@ -185,12 +186,6 @@ def c_deletion_curve(model: Model, x: torch.Tensor, layer: str, extractor: Conce
     U = encode_layer(model, x, layer, extractor) if U is None else U
     target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
     return _curves(model, x, layer, extractor, U, importance, target, False, output, batch_size)
-
-
-def curve_auc(curve: torch.Tensor) -> torch.Tensor:
-    """Area under (B, S + 1) curves on the fraction axis ``s / S ∈ [0, 1]`` (trapezoid), so a
-    probability curve has AUC in [0, 1] whatever the number of concepts (GIG Table 2)."""
-    return torch.trapezoid(curve, dx=1.0 / (curve.shape[1] - 1), dim=1)
 
 
 def c_insertion_auc(*args, **kwargs) -> torch.Tensor:

@@ -173,12 +173,18 @@ class FaithfulnessCorrelation(PerturbationMetric):
         return pearson(sums, drop)
 
 
+def curve_auc(curve: torch.Tensor) -> torch.Tensor:
+    """Area under (B, n + 1) curves on the fraction axis ``k / n ∈ [0, 1]`` by the trapezoidal
+    rule, ``(s_0/2 + s_1 + … + s_{n−1} + s_n/2) / n`` (thesis Eqs. 4.3–4.4), so a probability
+    curve's AUC lies in [0, 1] whatever the number of steps."""
+    return torch.trapezoid(curve, dx=1.0 / (curve.shape[1] - 1), dim=1)
+
+
 class _Curve(PerturbationMetric):
     """Cumulative perturbation in order of attribution: deletion (most relevant first) or insertion.
 
     The curve has ``n + 1`` points ``s_0 … s_n`` at fractions ``k / n`` of the steps; the
-    score is its area by the trapezoidal rule normalised to [0, 1] on the x-axis
-    (thesis Eqs. 4.3–4.4): ``AUC = (s_0/2 + s_1 + … + s_{n−1} + s_n/2) / n``.
+    score is its area :func:`curve_auc`.
 
     Parameters
     ----------
@@ -211,9 +217,7 @@ class _Curve(PerturbationMetric):
     def __call__(self, model: Model | nn.Module, x: torch.Tensor, y: torch.Tensor,
                  a: torch.Tensor, *, mask: torch.Tensor | None = None,
                  explain: Explain | None = None) -> torch.Tensor:
-        s = self.curve(model, x, y, a)
-        n = s.shape[1] - 1
-        return (s.sum(1) - (s[:, 0] + s[:, -1]) / 2) / n
+        return curve_auc(self.curve(model, x, y, a))
 
 
 class PixelFlipping(_Curve):
