@@ -63,7 +63,7 @@ def prepare(model: Model, images: torch.Tensor, masks: torch.Tensor
     m = TF.resize(masks[:, None].float(), size, interpolation=TF.InterpolationMode.NEAREST)
     x = TF.center_crop(x, list(p.input_size)).clamp(0, 1)
     m = TF.center_crop(m, list(p.input_size))[:, 0] > 0.5
-    return TF.normalize(x, p.mean, p.std), m
+    return model.normalize(x), m
 
 
 class SyntheticData(BenchData):
@@ -119,8 +119,7 @@ def confident_photos(model: Model, threshold: float = 0.5,
     _, h, w = model.input_size
     cells = torch.stack([image_to_tensor(load_photo(n).resize((w // 2, h // 2), Image.BILINEAR))
                          for n in candidates])
-    p = model.preprocessing
-    x = TF.normalize(TF.resize(cells, [h, w], antialias=True), p.mean, p.std)
+    x = model.normalize(TF.resize(cells, [h, w], antialias=True))
     with torch.no_grad():
         probs = model(x.to(model.device)).softmax(1).cpu()
     best: dict[int, Photo] = {}
@@ -166,8 +165,7 @@ class PhotoGrids(BenchData):
             m[r * (h // 2):(r + 1) * (h // 2), c * (w // 2):(c + 1) * (w // 2)] = True
             masks.append(m)
             ys.append(self.photos[order[cell]].label)
-        p = self.model.preprocessing
-        x = TF.normalize(torch.stack(grids), p.mean, p.std)
+        x = self.model.normalize(torch.stack(grids))
         return Batch(x, torch.tensor(ys), torch.stack(masks))
 
 
