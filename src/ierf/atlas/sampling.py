@@ -93,27 +93,6 @@ def area_downsample(maps: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(maps.reshape(-1, 1, h, w), factor).reshape(*lead, h // factor, w // factor)
 
 
-def forward_pfvs(model: Model, x: torch.Tensor, layers: Sequence[str]
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One plain forward pass: logits (B, classes) and each layer's PFVs (B, N, C)."""
-    outs: dict[str, torch.Tensor] = {}
-
-    def record(name: str):
-        def hook(_m, _i, out):
-            outs.setdefault(name, out)
-        return hook
-
-    handles = [model.module(n).register_forward_hook(record(n)) for n in layers]
-    try:
-        with torch.no_grad():
-            logits = model.net(model.check(x))
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, {n: to_pfvs(outs[n], model.num_prefix_tokens, model.patch_grid).vectors
-                    for n in layers}
-
-
 def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Sequence[int],
                   layers: Sequence[str], samples_per_image: int = 1, seed: int = 0,
                   ierf_downsample: int = 1, internal_batch_size: int = 16
@@ -132,7 +111,8 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
     "col", "predicted" (n,) int64, "contribution" (n,) float32}}`` on the CPU, samples ordered
     by image, then sample number.
     """
-    logits, pfvs = forward_pfvs(model, x, layers)
+    logits, traced = model.forward_pfvs(x, layers)
+    pfvs = {n: p.vectors for n, p in traced.items()}
     predicted = logits.argmax(1)
     relevance = engine.relevance(x, ClassTarget(predicted), layers=list(layers))
     image_t = torch.as_tensor(list(images), dtype=torch.long)

@@ -131,7 +131,7 @@ class Model:
                                 "give the Model a Preprocessing, or pass an example input")
             if example is None:
                 example = torch.zeros(1, *self.input_size, device=self.device)
-            outputs = self._trace(example[:1])
+            _, outputs = self._trace(example[:1])
             grids = {n: g for n, out in outputs.items() if (g := self._grid_of(out))}
             if example is None or self.input_size is None:
                 self._grids = grids
@@ -163,11 +163,17 @@ class Model:
 
     def pfvs(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, PFVs]:
         """Run the model once and return the PFVs of each requested layer."""
+        return self.forward_pfvs(x, layers)[1]
+
+    def forward_pfvs(self, x: torch.Tensor, layers: str | Sequence[str]
+                     ) -> tuple[torch.Tensor, dict[str, PFVs]]:
+        """One no-grad forward pass: the model's output and the PFVs of each requested layer."""
         names = [layers] if isinstance(layers, str) else list(layers)
         for n in names:
             self.module(n)
-        outputs = self._trace(self.check(x), names)
-        return {n: to_pfvs(outputs[n], self.num_prefix_tokens, self.patch_grid) for n in names}
+        out, outputs = self._trace(self.check(x), names)
+        return out, {n: to_pfvs(outputs[n], self.num_prefix_tokens, self.patch_grid)
+                     for n in names}
 
     @property
     def device(self) -> torch.device:
@@ -185,8 +191,10 @@ class Model:
             return None  # (B, heads, T, d) attention internals are not feature maps
         return grid if grid[0] * grid[1] > 1 or out.dim() == 4 else None
 
-    def _trace(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, object]:
-        """Forward ``x`` and record the (first) output of each named module."""
+    def _trace(self, x: torch.Tensor, names: Sequence[str] | None = None
+               ) -> tuple[torch.Tensor, dict[str, object]]:
+        """Forward ``x`` (no grad): the model's output and the (first) output of each named
+        module."""
         outputs: dict[str, object] = {}
         wanted = dict(self.net.named_modules(remove_duplicate=False))
         if names is not None:
@@ -201,11 +209,11 @@ class Model:
         handles = [m.register_forward_hook(hook(n)) for n, m in wanted.items()]
         try:
             with torch.no_grad():
-                self.net(x)
+                out = self.net(x)
         finally:
             for h in handles:
                 h.remove()
-        return outputs
+        return out, outputs
 
 
 def as_model(model: Model | nn.Module) -> Model:
