@@ -3,7 +3,7 @@
     python benchmarks/bench_atlas.py [--n 500] [--c 64] [--k 512] [--alpha 0.002]
                                      [--clusters 64] [--tol 1e-4] [--device cpu]
 
-1. Lasso (IERF Eq. 12): :func:`ierf.atlas.decompose` (batched FISTA, all rows at once) vs
+1. Lasso (IERF Eq. 12): :func:`ierf.concepts.decompose` (batched FISTA, all rows at once) vs
    ``sklearn.linear_model.Lasso(alpha, fit_intercept=False, tol)`` fitted row by row, on
    PFVs that are sparse combinations of a random unit-norm dictionary plus noise. Reports
    time, ratio to scikit-learn, relative objective gap (ours − sklearn) / sklearn (mean and
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from sklearn.cluster import BisectingKMeans
 from sklearn.linear_model import Lasso
 
-from ierf.atlas import decompose, l0_ratio, lasso_objective, sparse_pfvs
-from ierf.atlas.extractors.kmeans import bisecting_spherical_kmeans, spherical_inertia
+from ierf.concepts import decompose, l0_ratio, lasso_objective, sparse_pfvs
+from ierf.concepts.extractors.kmeans import bisecting_spherical_kmeans, spherical_inertia
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:

@@ -19,10 +19,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ierf.atlas import decompose
-from ierf.atlas.decompose import lipschitz_constant
-from ierf.atlas.extractors import TopKSAE
-from ierf.atlas.extractors.kmeans import bisecting_spherical_kmeans
+from ierf.concepts import decompose
+from ierf.concepts.decompose import lipschitz_constant
+from ierf.concepts.extractors import TopKSAE
+from ierf.concepts.extractors.kmeans import bisecting_spherical_kmeans
 
 
 def sync(device: torch.device) -> None:

@@ -21,7 +21,7 @@ import torch
 from bench_baselines import time_per_image  # this folder is on sys.path when run as a script
 
 import ierf
-from ierf.atlas.extractors import TopKSAE
+from ierf.concepts.extractors import TopKSAE
 
 PHOTOS = ["chelsea", "coffee", "camera", "rocket", "astronaut", "horse", "clock", "coins"]
 METHODS = ["srd", "attnlrp", "transmm", "gated-transmm", "rollout", "raw-attention"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ierf.atlas.extractors import TopKSAE
+from ierf.concepts.extractors import TopKSAE
 from ierf.data.synthetic import generate
 from ierf.models import load_model
 

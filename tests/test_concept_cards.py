@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ierf
-from ierf.atlas.fitting import fit_concepts
+from ierf.concepts.fitting import fit_concepts
 from ierf.metrics.concepts import encode_layer
 from ierf.viz.cards import (
     concept_locations,

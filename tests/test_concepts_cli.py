@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ierf.atlas.extractors import ConceptExtractor
-from ierf.atlas.fitting import fit_concepts, layer_center
+from ierf.concepts.extractors import ConceptExtractor
+from ierf.concepts.fitting import fit_concepts, layer_center
 from ierf.atlas.store import open_atlas
 from ierf.cli import main
 

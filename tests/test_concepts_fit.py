@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ierf
-from ierf.atlas import (
+from ierf.concepts import (
     BiasFreeTopKSAE,
     BisectingSphericalKMeans,
     DictionaryLearner,
@@ -17,7 +17,7 @@ from ierf.atlas import (
     bn_shift,
     sparse_pfvs,
 )
-from ierf.atlas.fitting import METHODS, feeding_batchnorm, fit_concepts, layer_center
+from ierf.concepts.fitting import METHODS, feeding_batchnorm, fit_concepts, layer_center
 from ierf.errors import IerfError, UnknownNameError
 
 torch.set_num_threads(1)

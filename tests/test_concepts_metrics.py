@@ -9,7 +9,7 @@ from sklearn.metrics import auc, f1_score
 from sklearn.metrics.cluster import contingency_matrix
 
 import ierf
-from ierf.atlas.fitting import fit_concepts, layer_center
+from ierf.concepts.fitting import fit_concepts, layer_center
 from ierf.atlas.sampling import atlas_samples
 from ierf.data.synthetic import PART_TYPES, generate
 from ierf.metrics import concepts as cm

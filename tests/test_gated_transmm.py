@@ -9,7 +9,7 @@ from scipy.stats import median_abs_deviation
 from test_transmm import reference_transmm, tiny_vit, upsample
 
 import ierf
-from ierf.atlas.extractors import SparseAutoencoder, TopKSAE
+from ierf.concepts.extractors import SparseAutoencoder, TopKSAE
 from ierf.local.attention import trace
 from ierf.local.gated import (
     TOY_VIT_SAE,

@@ -22,6 +22,7 @@ from ierf.atlas.sampling import IerfEngine, atlas_samples
 from ierf.atlas.store import Atlas, ShardWriter, open_atlas, prepare_atlas
 from ierf.data.images import BUNDLED_PHOTOS, image_files, load_image
 from ierf.errors import IerfError
+from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 
 BENCHMARK = "benchmark"
@@ -172,7 +173,7 @@ def atlas_meta(model: Model, source: str, layers: Sequence[str], samples_per_ima
     grids = model.layer_grids()
     x = torch.zeros(1, *model.input_size, device=model.device)
     channels = {k: v.vectors.shape[-1] for k, v in model.pfvs(x, layers).items()}
-    return {"model": model.name, "weights": weights, "fingerprint": weights_fingerprint(model),
+    return {"model": model.name, "weights": weights, "fingerprint": weights_fingerprint(model.net),
             "source": source, "layers": list(layers),
             "grids": {k: list(grids[k]) for k in layers}, "channels": channels,
             "samples_per_image": samples_per_image, "input_size": list(model.input_size),
@@ -180,14 +181,6 @@ def atlas_meta(model: Model, source: str, layers: Sequence[str], samples_per_ima
             "ierf_size": [h // ierf_downsample, w // ierf_downsample], "ierf_method": method,
             "seed": seed, "n_images": n_images,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def weights_fingerprint(model: Model) -> float:
-    """Σ|θ| over the parameters and buffers, in float64 on the CPU (10 significant digits):
-    tells whether a reloaded or resumed model has the weights an atlas was built with."""
-    state = model.net.state_dict().values()
-    total = sum(float(t.detach().cpu().double().abs().sum()) for t in state if t.is_floating_point())
-    return float(f"{total:.10g}")
 
 
 def _distributed() -> bool:

@@ -34,6 +34,8 @@ from safetensors.torch import save_file
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
 
+from ierf.models.fingerprint import weights_fingerprint
+
 if TYPE_CHECKING:
     from ierf.models.model import Model
 
@@ -309,10 +311,8 @@ class Atlas:
         """The model the atlas was built with: its offline weights, or the same random
         weights (``meta["weights"] == "random:<seed>"``: initialised under that torch seed)."""
         if self._model is None:
-            from ierf.atlas.build import weights_fingerprint
-
             model = load_atlas_model(self.meta["model"], self.meta.get("weights"))
-            if weights_fingerprint(model) != self.meta["fingerprint"]:
+            if weights_fingerprint(model.net) != self.meta["fingerprint"]:
                 raise IerfError(f"{self.meta['model']} loaded with {self.meta['weights']!r} "
                                 "weights is not the model this atlas was built with (weights "
                                 "fingerprint differs); load the right model yourself")

@@ -58,7 +58,7 @@ def score_method(atlas, model, layer: str, method: str, args: argparse.Namespace
     """One row of the table."""
     import torch
 
-    from ierf.atlas.fitting import fit_concepts
+    from ierf.concepts.fitting import fit_concepts
     from ierf.data.synthetic import PART_TYPES
     from ierf.metrics import concepts as cm
 
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ierf.atlas.fitting import layer_center
+    from ierf.concepts.fitting import layer_center
     from ierf.atlas.store import open_atlas
     from ierf.errors import IerfError
 

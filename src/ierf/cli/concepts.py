@@ -10,7 +10,7 @@ from ierf.errors import IerfError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``concepts`` group with its ``fit`` and ``cards`` subcommands."""
-    from ierf.atlas.fitting import METHODS
+    from ierf.concepts.fitting import METHODS
 
     c = sub.add_parser("concepts", help="fit concept dictionaries on an atlas and draw them")
     csub = c.add_subparsers(required=True, metavar="ACTION")
@@ -53,7 +53,7 @@ def default_out(atlas: str | Path, layer: str, method: str) -> Path:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from ierf.atlas.fitting import fit_concepts, layer_center
+    from ierf.concepts.fitting import fit_concepts, layer_center
     from ierf.atlas.store import open_atlas
     from ierf.metrics.concepts import reconstruction_metrics
 
@@ -93,7 +93,7 @@ def concepts_layer(atlas, extractor, layer: str | None) -> str:
 def _cards(args: argparse.Namespace) -> int:
     import torch
 
-    from ierf.atlas.extractors import ConceptExtractor
+    from ierf.concepts.extractors import ConceptExtractor
     from ierf.atlas.store import open_atlas
     from ierf.metrics.concepts import assignments
     from ierf.viz.cards import (

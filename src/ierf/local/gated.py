@@ -38,7 +38,7 @@ SHUFFLE_SEED = 0
 
 class SAE(Protocol):
     """What the gating needs: ``encode`` (N, C) → (N, K) and the decoder ``D (C, K)``
-    (every :class:`ierf.atlas.extractors.SAEBase` qualifies)."""
+    (every :class:`ierf.concepts.extractors.SAEBase` qualifies)."""
 
     def encode(self, X: torch.Tensor) -> torch.Tensor: ...
 
@@ -47,7 +47,7 @@ class SAE(Protocol):
 
 def load_toy_vit_sae() -> SAE:
     """The TopK SAE shipped for ``toy-vit``, trained on the output of :data:`TOY_VIT_SAE_LAYER`."""
-    from ierf.atlas.extractors import ConceptExtractor
+    from ierf.concepts.extractors import ConceptExtractor
 
     return ConceptExtractor.load(TOY_VIT_SAE)
 
@@ -116,7 +116,7 @@ class GatedTransMM(AttentionAttributor):
             if self.model.name != "toy-vit":
                 raise IerfError(f"gated-transmm needs an SAE for {self.model.name}: pass sae= "
                                 "(an object with encode and get_dictionary, e.g. an "
-                                "ierf.atlas.extractors.TopKSAE trained on the residual stream "
+                                "ierf.concepts.extractors.TopKSAE trained on the residual stream "
                                 "after a block) and layers=; only toy-vit ships one")
             sae = load_toy_vit_sae()
             layers = [TOY_VIT_SAE_LAYER] if layers is None else layers
@@ -137,7 +137,7 @@ class GatedTransMM(AttentionAttributor):
     def _decoder(self, sae: SAE) -> torch.Tensor:
         if not all(callable(getattr(sae, a, None)) for a in ("encode", "get_dictionary")):
             raise IerfError(f"sae must have encode and get_dictionary (got "
-                            f"{type(sae).__name__}); see ierf.atlas.extractors.TopKSAE")
+                            f"{type(sae).__name__}); see ierf.concepts.extractors.TopKSAE")
         D = sae.get_dictionary().detach()
         if self.shuffled_decoder:
             g = torch.Generator().manual_seed(SHUFFLE_SEED)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 from sklearn.metrics import normalized_mutual_info_score
 
-from ierf.atlas.decompose import l0_ratio, relative_l2
-from ierf.atlas.extractors import ConceptExtractor
+from ierf.concepts.decompose import l0_ratio, relative_l2
+from ierf.concepts.extractors import ConceptExtractor
 from ierf.errors import IerfError
 from ierf.metrics.faithfulness import curve_auc
 from ierf.models.model import Model

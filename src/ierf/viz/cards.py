@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ierf.atlas.extractors import ConceptExtractor
+from ierf.concepts.extractors import ConceptExtractor
 from ierf.errors import IerfError
 from ierf.metrics.concepts import encode_layer
 from ierf.models.model import Model

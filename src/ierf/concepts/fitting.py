@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ierf.atlas.centering import bn_shift
-from ierf.atlas.extractors import (
+from ierf.concepts.centering import bn_shift
+from ierf.concepts.extractors import (
     BiasFreeTopKSAE,
     BisectingSphericalKMeans,
     ConceptExtractor,
@@ -23,7 +23,7 @@ from ierf.atlas.extractors import (
     SparseAutoencoder,
     TopKSAE,
 )
-from ierf.atlas.extractors.base import check_pfvs, default_n_concepts
+from ierf.concepts.extractors.base import check_pfvs, default_n_concepts
 from ierf.errors import IerfError, unknown_name
 from ierf.models.model import Model
 

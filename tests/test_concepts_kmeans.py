@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from sklearn.cluster import BisectingKMeans
 from torch import nn
 
-from ierf.atlas import (
+from ierf.concepts import (
     BisectingSphericalKMeans,
     ConceptExtractor,
     bn_shift,
     relative_l2,
     sparse_pfvs,
 )
-from ierf.atlas.extractors.kmeans import bisecting_spherical_kmeans, spherical_inertia
+from ierf.concepts.extractors.kmeans import bisecting_spherical_kmeans, spherical_inertia
 from ierf.errors import IerfError
 
 torch.set_num_threads(1)

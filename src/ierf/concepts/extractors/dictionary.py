@@ -2,7 +2,7 @@
 
 Fits ``min_{U,V} ½‖X − U Vᵀ‖²_F + λ‖U‖₁,₁`` with unit-norm atoms (Mairal et al. 2009) using
 :class:`sklearn.decomposition.DictionaryLearning` or its minibatch variant, on the CPU in
-float64. Coefficients of new PFVs come from :func:`ierf.atlas.decompose` (Lasso, Eq. 12).
+float64. Coefficients of new PFVs come from :func:`ierf.concepts.decompose` (Lasso, Eq. 12).
 Throughout ``alpha`` is in scikit-learn's Lasso convention: ``λ = α C``.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Literal
 import torch
 from sklearn.decomposition import DictionaryLearning, MiniBatchDictionaryLearning
 
-from ierf.atlas.decompose import decompose, reconstruct
-from ierf.atlas.extractors.base import (
+from ierf.concepts.decompose import decompose, reconstruct
+from ierf.concepts.extractors.base import (
     ConceptExtractor,
     FittedDictionary,
     check_pfvs,
@@ -37,7 +37,7 @@ class DictionaryLearner(FittedDictionary, ConceptExtractor):
     batch_size : minibatch size (minibatch only).
     positive : non-negative codes, in fitting and encoding.
     seed : ``random_state`` of scikit-learn.
-    lasso_max_iter, lasso_tol : settings of :func:`~ierf.atlas.decompose` in :meth:`encode`.
+    lasso_max_iter, lasso_tol : settings of :func:`~ierf.concepts.decompose` in :meth:`encode`.
     """
 
     def __init__(self, n_concepts: int | None = None, *, alpha: float = 0.01,

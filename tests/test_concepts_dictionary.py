@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ierf.atlas import DictionaryLearner, l0_ratio, relative_l2, sparse_pfvs
+from ierf.concepts import DictionaryLearner, l0_ratio, relative_l2, sparse_pfvs
 
 torch.set_num_threads(1)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ierf.atlas.extractors.base import ConceptExtractor, check_pfvs, default_n_concepts
+from ierf.concepts.extractors.base import ConceptExtractor, check_pfvs, default_n_concepts
 from ierf.errors import IerfError
 
 

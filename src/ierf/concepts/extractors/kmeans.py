@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ierf.atlas.decompose import decompose, reconstruct
-from ierf.atlas.extractors.base import (
+from ierf.concepts.decompose import decompose, reconstruct
+from ierf.concepts.extractors.base import (
     ConceptExtractor,
     FittedDictionary,
     check_pfvs,
@@ -118,12 +118,12 @@ class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
     n_concepts : number of clusters ``K``; ``None`` → ``8 C``. Must not exceed the number of
         PFVs given to :meth:`fit`.
     center : optional (C,) vector ``μ_BN`` subtracted before clustering and added back by
-        :meth:`decode` (GIG Eq. 8–9); see :func:`ierf.atlas.bn_shift`.
+        :meth:`decode` (GIG Eq. 8–9); see :func:`ierf.concepts.bn_shift`.
     n_init : random restarts of every spherical 2-means split.
     max_iter : most iterations of every spherical 2-means split.
     seed : seed of the restarts.
     encoding : how :meth:`encode` finds coefficients. ``"lasso"`` (default, the papers'
-        Eq. 12): :func:`ierf.atlas.decompose` of the centred PFVs over the dictionary.
+        Eq. 12): :func:`ierf.concepts.decompose` of the centred PFVs over the dictionary.
         ``"nearest"``: one non-zero per row, at the concept of highest cosine similarity,
         with the least-squares coefficient ``⟨x − μ, v⟩ / ‖v‖²``.
     alpha, positive, lasso_max_iter, lasso_tol : Lasso settings of ``"lasso"`` encoding

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ierf.atlas import (
+from ierf.concepts import (
     BiasFreeTopKSAE,
     ConceptExtractor,
     MatryoshkaSAE,
@@ -13,7 +13,7 @@ from ierf.atlas import (
     TopKSAE,
     sparse_pfvs,
 )
-from ierf.atlas.extractors.sae import SAEBase
+from ierf.concepts.extractors.sae import SAEBase
 from ierf.errors import IerfError
 
 torch.set_num_threads(1)

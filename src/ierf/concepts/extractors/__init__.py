@@ -1,9 +1,9 @@
 """Concept extractors sharing one interface: fit, encode, decode, get_dictionary, save, load."""
 
-from ierf.atlas.extractors.base import ConceptExtractor
-from ierf.atlas.extractors.dictionary import DictionaryLearner
-from ierf.atlas.extractors.kmeans import BisectingSphericalKMeans
-from ierf.atlas.extractors.sae import (
+from ierf.concepts.extractors.base import ConceptExtractor
+from ierf.concepts.extractors.dictionary import DictionaryLearner
+from ierf.concepts.extractors.kmeans import BisectingSphericalKMeans
+from ierf.concepts.extractors.sae import (
     BiasFreeTopKSAE,
     MatryoshkaSAE,
     SAEBase,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import Lasso
 
-from ierf.atlas import decompose, l0_ratio, lasso_objective, reconstruct, relative_l2
+from ierf.concepts import decompose, l0_ratio, lasso_objective, reconstruct, relative_l2
 from ierf.errors import IerfError
 
 torch.set_num_threads(1)
