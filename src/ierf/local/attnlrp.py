@@ -26,8 +26,8 @@ from ierf.errors import IerfError
 from ierf.local.attnlrp_rules import AttnLRPMode
 from ierf.local.base import Attributor
 from ierf.local.mha import explicit_attention
-from ierf.local.nonlinearity import forward_until
 from ierf.local.patches import frozen_params
+from ierf.models.hooks import forward_until
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 from ierf.targets import ConceptTarget, LatentTarget, PFVTarget, ScalarTarget

@@ -71,24 +71,3 @@ _OUT_OF_PLACE: dict[Callable, Callable] = {
     torch.relu_: torch.relu, torch.Tensor.relu_: torch.relu, torch.Tensor.relu: torch.relu,
     torch.Tensor.tanh: torch.tanh, torch.Tensor.sigmoid: torch.sigmoid,
 }
-
-
-class _StopForward(Exception):
-    """Raised by :func:`forward_until` once the wanted layer has produced its output."""
-
-
-def forward_until(net: nn.Module, x: torch.Tensor, layer: nn.Module,
-                  on_output: Callable[[torch.Tensor], None]) -> None:
-    """Run ``net(x)`` only as far as ``layer``'s (first) output, handed to ``on_output``."""
-
-    def hook(_m, _i, out):
-        on_output(out)
-        raise _StopForward
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        net(x)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()

@@ -35,12 +35,8 @@ from torch import nn
 from ierf.errors import IerfError
 from ierf.local.base import Attributor
 from ierf.local.frozen import FrozenMode
-from ierf.local.nonlinearity import (
-    ACTIVATION_MODULES,
-    AFFINE_MODULES,
-    NonlinearityMode,
-    forward_until,
-)
+from ierf.local.nonlinearity import ACTIVATION_MODULES, AFFINE_MODULES, NonlinearityMode
+from ierf.models.hooks import forward_until
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 from ierf.targets import ConceptTarget, LatentTarget, PFVTarget, ScalarTarget, resolve_target

@@ -21,7 +21,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from ierf.local.frozen import FrozenMode
-from ierf.local.nonlinearity import NonlinearityMode, forward_until
+from ierf.local.nonlinearity import NonlinearityMode
+from ierf.models.hooks import forward_until
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""Forward hooks that are always released: record named outputs, stop a forward early.
+
+Every place that needs a module's output during a forward pass uses these context managers
+instead of registering and removing hooks by hand (pytorch-grad-cam's habit: hooks that are
+released even when the forward raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def forward_hooks(hooks: Mapping[nn.Module, Callable]) -> Iterator[None]:
+    """Register ``hook`` as a forward hook on each module for the ``with`` block; removed on
+    exit, whatever happens inside."""
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def record_outputs(modules: Mapping[str, nn.Module], into: dict[str, object] | None = None,
+                   first_only: bool = True) -> Iterator[dict[str, object]]:
+    """Record each named module's output during the ``with`` block.
+
+    Parameters
+    ----------
+    modules : name → module.
+    into : dictionary to fill (a new one by default); yielded.
+    first_only : keep the first output of a module called more than once (reused modules);
+        ``False`` keeps the last.
+    """
+    outputs: dict[str, object] = {} if into is None else into
+
+    def recorder(name: str) -> Callable:
+        def hook(_m: nn.Module, _i: object, out: object) -> None:
+            if first_only:
+                outputs.setdefault(name, out)
+            else:
+                outputs[name] = out
+        return hook
+
+    with forward_hooks({m: recorder(n) for n, m in modules.items()}):
+        yield outputs
+
+
+class _StopForward(Exception):
+    """Raised by :func:`forward_until`'s hook to end a forward pass early."""
+
+
+def forward_until(net: nn.Module, x: torch.Tensor, layer: nn.Module,
+                  on_output: Callable[[torch.Tensor], None]) -> None:
+    """Run ``net(x)`` only as far as ``layer``'s (first) output, handed to ``on_output``."""
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        on_output(out)
+        raise _StopForward
+
+    try:
+        with forward_hooks({layer: hook}):
+            net(x)
+    except _StopForward:
+        pass
