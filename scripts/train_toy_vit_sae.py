@@ -4,7 +4,7 @@ The SAE encodes the toy ViT's residual stream after ``blocks.1`` (patch tokens o
 thesis Sec. 7.1.2.1), K = 8·96 = 768 latents, k = 16 active per token. ``blocks.1`` is the
 second of four blocks: the thesis gates intermediate layers (first and last excluded,
 Sec. 7.3), and after the last block only the CLS token carries gradient. Written with the
-extractor's ``save`` to ``src/ierf/models/weights/toy-vit-sae.{safetensors,json}`` (~0.6 MB).
+concept basis folder ``src/ierf/models/weights/toy-vit-sae/`` (~0.6 MB).
 
 The committed SAE came from (85 CPU-seconds on one thread)::
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.extractors import TopKSAE
 from ierf.data.synthetic import generate
 from ierf.models import load_model
@@ -64,7 +65,11 @@ def main() -> None:
         rel = ((X_val - sae.decode(U)).norm() / X_val.norm()).item()
         l0 = (U != 0).sum(1).float().mean().item()
         dead = (sae.encode(X) != 0).sum(0).eq(0).float().mean().item()
-    sae.save(args.out)
+    basis = ConceptBasis.bind(sae, load_model("toy-vit"), args.layer, tokens="patch",
+                              script="scripts/train_toy_vit_sae.py", method="topk-sae",
+                              images=f"benchmark:{args.seed}:train", n_images=args.n_train,
+                              options={"k": args.k, "epochs": args.epochs, "seed": args.seed})
+    basis.save(args.out)
     print(f"layer {args.layer}: {len(X)} train tokens, K = {sae.n_concepts}, k = {args.k}; "
           f"val relative L2 {rel:.4f}, L0 {l0:.1f}, dead latents {dead:.1%}; "
           f"{time.time() - start:.0f} s → {args.out}")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ierf.concepts.extractors import ConceptExtractor
-from ierf.concepts.fitting import fit_concepts, layer_center
 from ierf.atlas.store import open_atlas
 from ierf.cli import main
+from ierf.concepts.basis import ConceptBasis
+from ierf.concepts.fitting import fit_concepts, layer_center
+from ierf.models.fingerprint import weights_fingerprint
 
 torch.set_num_threads(1)
 
@@ -30,17 +31,23 @@ def test_fit_saves_what_fit_concepts_learns(atlas, tmp_path, capsys) -> None:
     assert main(["concepts", "fit", str(atlas), "--layer", "layer3", "--n-concepts", "8",
                  "--out", str(out)]) == 0
     assert "8 concepts (centred by μ_BN)" in capsys.readouterr().out
-    loaded = ConceptExtractor.load(out)
+    basis = ConceptBasis.load(out)
+    loaded = basis.extractor
     a = open_atlas(atlas)
     expected = fit_concepts(a.pfvs("layer3"), "kmeans", 8,
                             center=layer_center(a.model(), "layer3"))
     torch.testing.assert_close(loaded.get_dictionary(), expected.get_dictionary())
     torch.testing.assert_close(loaded.center, expected.center)
+    # bound to the atlas' model and layer, with its provenance
+    assert (basis.model, basis.layer, basis.tokens) == ("toy-resnet", "layer3", "patch")
+    assert basis.fingerprint == weights_fingerprint(a.model().net)
+    assert basis.provenance["atlas"] == str(a.path) and basis.provenance["centred"]
+    assert basis.provenance["n_pfvs"] == len(a.pfvs("layer3"))
     # default output inside the atlas, an SAE
     assert main(["concepts", "fit", str(atlas), "--layer", "layer2", "--method", "topk-sae",
                  "--n-concepts", "16", "--epochs", "2"]) == 0
-    sae = ConceptExtractor.load(atlas / "concepts" / "layer2-topk-sae")
-    assert sae.get_dictionary().shape == (32, 16)
+    sae = ConceptBasis.load(atlas / "concepts" / "layer2-topk-sae")
+    assert sae.get_dictionary().shape == (32, 16) and sae.layer == "layer2"
 
 
 def test_cards(atlas, tmp_path, capsys) -> None:
@@ -53,6 +60,12 @@ def test_cards(atlas, tmp_path, capsys) -> None:
     width, height = Image.open(out / "cards-layer3.png").size
     assert (width, height) == (round((1.3 * 5 + 1) * 80), round((1.3 * 4 + 0.4) * 80))
     assert (out / "locations-layer3-image0.png").is_file()
+    # the layer comes from the basis, never from the channel width: a layer2 basis draws layer2
+    assert main(["concepts", "fit", str(atlas), "--layer", "layer2", "--n-concepts", "6",
+                 "--out", str(tmp_path / "km2")]) == 0
+    assert main(["concepts", "cards", str(atlas), str(tmp_path / "km2"), "--rows", "2", "--k",
+                 "3", "--out", str(out)]) == 0
+    assert (out / "cards-layer2.png").is_file()
 
 
 def test_bench_concepts_table(atlas, tmp_path, capsys) -> None:

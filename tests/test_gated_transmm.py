@@ -134,7 +134,7 @@ def test_the_shipped_toy_vit_sae_reconstructs_the_residual_stream():
     from ierf.data.synthetic import generate
 
     sae = load_toy_vit_sae()
-    assert TOY_VIT_SAE.with_suffix(".safetensors").stat().st_size < 1_000_000
+    assert (TOY_VIT_SAE / "tensors.safetensors").stat().st_size < 1_000_000
     model = ierf.load_model("toy-vit")
     images = generate(32, seed=5, split="val").images
     x = model.normalize(images)

@@ -9,6 +9,7 @@ under each PFV's iERF, NMI of shuffled assignments (chance level), and the parts
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -54,11 +55,11 @@ def benchmark_label_maps(source: str, ids: list[str], key: str):
 
 
 def score_method(atlas, model, layer: str, method: str, args: argparse.Namespace,
-                 center, x, label_maps) -> dict:
-    """One row of the table."""
+                 x, label_maps) -> dict:
+    """One row of the table: fit ``method`` on ``layer`` as a concept basis, then score it."""
     import torch
 
-    from ierf.concepts.fitting import fit_concepts
+    from ierf.concepts.fitting import fit_basis
     from ierf.data.synthetic import PART_TYPES
     from ierf.metrics import concepts as cm
 
@@ -67,9 +68,9 @@ def score_method(atlas, model, layer: str, method: str, args: argparse.Namespace
     if method.endswith("sae"):
         opts["epochs"] = args.epochs
     start = time.perf_counter()
-    extractor = fit_concepts(X, method, args.n_concepts,
-                             center=center if method == "kmeans" else None, **opts)
-    row = {"method": method, "K": extractor.get_dictionary().shape[1],
+    basis = fit_basis(atlas, layer, method, args.n_concepts, device=args.device, **opts)
+    extractor = basis.extractor
+    row = {"method": method, "K": basis.n_concepts,
            "fit_s": time.perf_counter() - start, **cm.reconstruction_metrics(extractor, X)}
     y = model(x).argmax(1)
     U = cm.encode_layer(model, x, layer, extractor)
@@ -105,7 +106,6 @@ def _run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ierf.concepts.fitting import layer_center
     from ierf.atlas.store import open_atlas
     from ierf.errors import IerfError
 
@@ -115,15 +115,16 @@ def _run(args: argparse.Namespace) -> int:
     model = atlas.model()
     model.net.to(args.device)
     torch.manual_seed(args.seed)
-    center = layer_center(model, args.layer)
     x = atlas.load_images(list(range(min(args.images, len(atlas.images))))).to(args.device)
     source = atlas.meta["source"]
     label_maps = None
     if source.startswith("benchmark:"):
         image = atlas.records(args.layer)["image"].tolist()
         label_maps = benchmark_label_maps(source, [atlas.images[i] for i in image], "part")
-    rows = [score_method(atlas, model, args.layer, m.strip(), args, center, x, label_maps)
-            for m in args.methods.split(",") if m.strip()]
+    rows = []
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        print(f"[{len(rows) + 1}] {method}: fitting and scoring …", file=sys.stderr, flush=True)
+        rows.append(score_method(atlas, model, args.layer, method, args, x, label_maps))
     caption = (f"{model.name} · {args.layer} · {len(atlas.pfvs(args.layer))} PFVs · "
                f"C-ins/del on {len(x)} images (class probability, AUC over the fraction of "
                "concepts)")

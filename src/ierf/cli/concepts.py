@@ -26,15 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "epochs and 2000 steps)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    f.add_argument("-o", "--out", help="output path without suffix (default "
-                   "ATLAS/concepts/<layer>-<method>); writes .safetensors and .json")
+    f.add_argument("-o", "--out", help="output folder of the concept basis (default "
+                   "ATLAS/concepts/<layer>-<method>): basis.json + tensors.safetensors")
     f.set_defaults(run=_fit)
 
     k = csub.add_parser("cards", help="PNG concept cards: top-10 nearest PFVs by their iERFs")
     k.add_argument("atlas", help="atlas folder")
-    k.add_argument("concepts", help="concept file written by `ierf concepts fit`")
-    k.add_argument("--layer", help="atlas layer of the concepts (default: the only layer "
-                   "with matching channels)")
+    k.add_argument("concepts", help="concept basis folder written by `ierf concepts fit`")
     k.add_argument("--concepts", dest="ids", help="comma-separated concept indices "
                    "(default: the most used ones)")
     k.add_argument("--rows", type=int, default=8, help="concepts shown when --concepts is "
@@ -53,48 +51,31 @@ def default_out(atlas: str | Path, layer: str, method: str) -> Path:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from ierf.concepts.fitting import fit_concepts, layer_center
     from ierf.atlas.store import open_atlas
+    from ierf.concepts.fitting import fit_basis
     from ierf.metrics.concepts import reconstruction_metrics
 
     atlas = open_atlas(args.atlas)
-    X = atlas.pfvs(args.layer).to(args.device)
-    center = None
-    if args.method == "kmeans" and not args.no_center:
-        center = layer_center(atlas.model(), args.layer)
-        center = None if center is None else center.to(args.device)
     opts = {"seed": args.seed}
     if args.method.endswith("sae"):
         opts.update(epochs=args.epochs, progress=True)
-    extractor = fit_concepts(X, args.method, args.n_concepts, center=center, **opts)
-    out = Path(args.out) if args.out else default_out(args.atlas, args.layer, args.method)
-    extractor.save(out)
-    scores = reconstruction_metrics(extractor, X)
-    k = extractor.get_dictionary().shape[1]
-    print(f"{args.method} on {args.layer}: {len(X)} PFVs × {X.shape[1]} channels → {k} "
-          f"concepts{' (centred by μ_BN)' if center is not None else ''}; "
-          f"Rel-ℓ2 {scores['rel_l2']:.4f}, ℓ0 ratio {scores['l0_ratio']:.4f} → "
-          f"{out}.safetensors")
+    basis = fit_basis(atlas, args.layer, args.method, args.n_concepts,
+                      center=not args.no_center, device=args.device, **opts)
+    out = basis.save(Path(args.out) if args.out else
+                     default_out(args.atlas, args.layer, args.method))
+    X = atlas.pfvs(args.layer).to(args.device)
+    scores = reconstruction_metrics(basis.extractor, X)
+    print(f"{args.method} on {args.layer}: {len(X)} PFVs × {X.shape[1]} channels → "
+          f"{basis.n_concepts} concepts{' (centred by μ_BN)' if basis.provenance['centred'] else ''}"
+          f"; Rel-ℓ2 {scores['rel_l2']:.4f}, ℓ0 ratio {scores['l0_ratio']:.4f} → {out}/")
     return 0
-
-
-def concepts_layer(atlas, extractor, layer: str | None) -> str:
-    """The atlas layer the concepts belong to: ``layer``, or the only one with their width."""
-    if layer is not None:
-        return layer
-    width = extractor.get_dictionary().shape[0]
-    fits = [n for n in atlas.layers if atlas.meta["channels"][n] == width]
-    if len(fits) != 1:
-        raise IerfError(f"cannot tell which atlas layer these {width}-channel concepts belong "
-                        f"to (candidates: {fits or atlas.layers}); pass --layer")
-    return fits[0]
 
 
 def _cards(args: argparse.Namespace) -> int:
     import torch
 
-    from ierf.concepts.extractors import ConceptExtractor
     from ierf.atlas.store import open_atlas
+    from ierf.concepts.basis import ConceptBasis
     from ierf.metrics.concepts import assignments
     from ierf.viz.cards import (
         concept_locations,
@@ -104,8 +85,14 @@ def _cards(args: argparse.Namespace) -> int:
     )
 
     atlas = open_atlas(args.atlas)
-    extractor = ConceptExtractor.load(args.concepts)
-    layer = concepts_layer(atlas, extractor, args.layer)
+    basis = ConceptBasis.load(args.concepts)
+    layer = basis.layer
+    if layer not in atlas.layers:
+        raise IerfError(f"{args.concepts} holds concepts of layer {layer!r}, which atlas "
+                        f"{args.atlas} does not have (it has {', '.join(atlas.layers)})")
+    model = atlas.model()
+    basis.check(model)
+    extractor = basis.extractor
     X = atlas.pfvs(layer)
     if args.ids:
         ids = [int(i) for i in args.ids.split(",")]
@@ -115,7 +102,6 @@ def _cards(args: argparse.Namespace) -> int:
                                   minlength=extractor.get_dictionary().shape[1])
         ids = used.argsort(descending=True)[:args.rows].tolist()
     top = nearest_samples(X, extractor, ids, k=min(args.k, len(X)), by=args.by)   # (R, k)
-    model = atlas.model()
     image_index = atlas.records(layer)["image"][top.flatten()]
     images = model.denormalize(atlas.load_images(image_index))
     ierfs = atlas.ierfs(layer)[top.flatten()]

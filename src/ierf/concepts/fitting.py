@@ -1,8 +1,9 @@
 """Fit a concept extractor by name, and find the ``μ_BN`` that centres a layer's PFVs.
 
-:func:`fit_concepts` is the one entry point behind ``ierf concepts fit``: it maps a method
-name to its extractor (GIG Sec. 3.2, App. B and F; IERF Sec. VI-A, Table III), applies the
+:func:`fit_concepts` maps a method name to its extractor (GIG Sec. 3.2, App. B and F; IERF Sec. VI-A, Table III), applies the
 default ``K = 8 C`` and, for bisecting k-means, the centring by ``μ_BN`` (GIG Eq. 8–9).
+:func:`fit_basis` is the entry point behind ``ierf concepts fit``: it fits on an atlas layer
+and binds the result to the atlas' model and layer as a :class:`ConceptBasis`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.centering import bn_shift
 from ierf.concepts.extractors import (
     BiasFreeTopKSAE,
@@ -25,16 +27,18 @@ from ierf.concepts.extractors import (
 )
 from ierf.concepts.extractors.base import check_pfvs, default_n_concepts
 from ierf.errors import IerfError, unknown_name
+from ierf.models.hooks import forward_hooks
 from ierf.models.model import Model
+from ierf.registry import Registry
 
-METHODS: dict[str, type[ConceptExtractor]] = {
+METHODS: Registry[type[ConceptExtractor]] = Registry("concept method", {
     "kmeans": BisectingSphericalKMeans,
     "dictionary": DictionaryLearner,
     "sae": SparseAutoencoder,
     "topk-sae": TopKSAE,
     "matryoshka-sae": MatryoshkaSAE,
     "bias-free-topk-sae": BiasFreeTopKSAE,
-}
+})
 """Method names accepted by :func:`fit_concepts` and the CLI."""
 
 #: keyword arguments of :meth:`SAEBase.fit` (the rest go to the SAE's constructor)
@@ -73,10 +77,8 @@ def fit_concepts(pfvs: torch.Tensor, method: str = "kmeans", n_concepts: int | N
     -------
     The fitted extractor (``get_dictionary()`` gives ``V``).
     """
-    if method not in METHODS:
-        raise unknown_name("concept method", method, METHODS)
-    X = check_pfvs(pfvs)
     cls = METHODS[method]
+    X = check_pfvs(pfvs)
     if center is not None and cls is not BisectingSphericalKMeans:
         raise IerfError(f"center (μ_BN) applies to 'kmeans' only, not {method!r}; "
                         "leave it out for the other methods")
@@ -95,6 +97,28 @@ def fit_concepts(pfvs: torch.Tensor, method: str = "kmeans", n_concepts: int | N
     return cls(n_concepts, **opts).fit(X)
 
 
+def fit_basis(atlas: object, layer: str, method: str = "kmeans", n_concepts: int | None = None,
+              center: bool = True, device: str | torch.device = "cpu",
+              **opts: Any) -> ConceptBasis:
+    """Fit ``method`` on the PFVs of ``layer`` in ``atlas`` (an :class:`ierf.atlas.Atlas`) and
+    bind it to the atlas' model and layer.
+
+    ``center``: for k-means, centre by the feeding BatchNorm's ``μ_BN`` (GIG Eq. 8) where the
+    layer has one. ``opts`` go to :func:`fit_concepts` and are recorded in the provenance.
+    """
+    if layer not in atlas.layers:
+        raise unknown_name("atlas layer", layer, atlas.layers)
+    model = atlas.model()
+    X = atlas.pfvs(layer).to(device)
+    mu = layer_center(model, layer) if center and method == "kmeans" else None
+    extractor = fit_concepts(X, method, n_concepts,
+                             center=None if mu is None else mu.to(device), **opts)
+    settings = {k: v for k, v in opts.items() if k != "progress"}
+    return ConceptBasis.bind(extractor, model, layer, tokens="patch", atlas=str(atlas.path),
+                             method=method, n_pfvs=len(X), centred=mu is not None,
+                             options=settings)
+
+
 def feeding_batchnorm(model: Model, layer: str) -> nn.modules.batchnorm._BatchNorm | None:
     """The BatchNorm whose shift ``μ_BN`` centres ``layer``'s PFVs, or ``None``.
 
@@ -111,13 +135,9 @@ def feeding_batchnorm(model: Model, layer: str) -> nn.modules.batchnorm._BatchNo
         raise IerfError("finding the BatchNorm of a layer needs the model's input size; "
                         "use ierf.load_model or pass center=bn_shift(bn) yourself")
     order: list[nn.modules.batchnorm._BatchNorm] = []
-    handles = [m.register_forward_hook(lambda m, _i, _o: order.append(m))
-               for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    try:
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with forward_hooks((m, lambda m, _i, _o: order.append(m)) for m in bns):
         pfvs = model.pfvs(torch.zeros(1, *model.input_size, device=model.device), layer)[layer]
-    finally:
-        for h in handles:
-            h.remove()
     width = pfvs.vectors.shape[-1]
     matching = [bn for bn in order if bn.num_features == width]
     return matching[-1] if matching else None

@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ierf.concepts.basis import ConceptBasis
 from ierf.errors import IerfError
 from ierf.local.attention import block_index, cls_row_map, trace
 from ierf.local.transmm import AttentionAttributor, relevancy
@@ -45,11 +46,10 @@ class SAE(Protocol):
     def get_dictionary(self) -> torch.Tensor: ...
 
 
-def load_toy_vit_sae() -> SAE:
-    """The TopK SAE shipped for ``toy-vit``, trained on the output of :data:`TOY_VIT_SAE_LAYER`."""
-    from ierf.concepts.extractors import ConceptExtractor
-
-    return ConceptExtractor.load(TOY_VIT_SAE)
+def load_toy_vit_sae() -> ConceptBasis:
+    """The TopK SAE shipped for ``toy-vit``, a :class:`~ierf.concepts.ConceptBasis` of the
+    output of :data:`TOY_VIT_SAE_LAYER`."""
+    return ConceptBasis.load(TOY_VIT_SAE)
 
 
 def token_scores(f: torch.Tensor, grad_f: torch.Tensor, variant: str) -> torch.Tensor:
@@ -83,11 +83,12 @@ class GatedTransMM(AttentionAttributor):
     Parameters
     ----------
     model : a CLS-token ViT.
-    sae : an SAE (``encode``, ``get_dictionary() -> D (C, K)``) for every block of
-        ``layers``, or a mapping block → SAE. Default for ``toy-vit``: the shipped SAE
+    sae : a :class:`~ierf.concepts.ConceptBasis` (gates its own block, checked against the
+        model), an SAE (``encode``, ``get_dictionary() -> D (C, K)``) for every block of
+        ``layers``, or a mapping block → SAE. Default for ``toy-vit``: the shipped basis
         (:func:`load_toy_vit_sae`) at :data:`TOY_VIT_SAE_LAYER`.
-    layers : gated blocks ``𝓛``, as indices or names (``blocks.1``); default: the keys of a
-        mapping ``sae``, or the shipped SAE's block.
+    layers : gated blocks ``𝓛``, as indices or names (``blocks.1``); default: the basis'
+        layer, the keys of a mapping ``sae``, or the shipped SAE's block.
     kappa, c_max : gate temperature ``κ`` and bound ``c_max`` (Eq. 6.8); defaults 0.5 and 10
         (thesis Sec. 7.3.1). ``c_max = 1`` gives vanilla TransMM exactly.
     variant : ``"combined"`` (Eq. 6.4), ``"activation"`` (6.5) or ``"gradient"`` (6.6).
@@ -115,11 +116,17 @@ class GatedTransMM(AttentionAttributor):
         if sae is None:
             if self.model.name != "toy-vit":
                 raise IerfError(f"gated-transmm needs an SAE for {self.model.name}: pass sae= "
-                                "(an object with encode and get_dictionary, e.g. an "
-                                "ierf.concepts.extractors.TopKSAE trained on the residual stream "
-                                "after a block) and layers=; only toy-vit ships one")
+                                "(a ConceptBasis fitted with `ierf concepts fit --method "
+                                "topk-sae` on a block's residual stream, or any object with "
+                                "encode and get_dictionary plus layers=); only toy-vit ships one")
             sae = load_toy_vit_sae()
-            layers = [TOY_VIT_SAE_LAYER] if layers is None else layers
+        if isinstance(sae, ConceptBasis):
+            sae.check(self.model)
+            if layers is not None and {block_index(self.blocks, k) for k in layers} != \
+                    {block_index(self.blocks, sae.layer)}:
+                raise IerfError(f"this SAE basis belongs to {sae.layer!r}; leave layers= out "
+                                "or pass sae={block: SAE} to gate other blocks")
+            layers = [sae.layer]
         if isinstance(sae, Mapping):
             if layers is not None:
                 raise IerfError("give either a mapping sae={block: SAE} or layers=, not both")

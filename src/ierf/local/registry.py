@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from ierf.errors import unknown_name
 from ierf.local.attnlrp import AttnLRP
 from ierf.local.base import Attributor
 from ierf.local.cams import CAMS
@@ -21,22 +20,21 @@ from ierf.local.lrp import LRPZPlus
 from ierf.local.srd import SRD, SRDHigh, SRDLow
 from ierf.local.transmm import RawAttention, Rollout, TransMM
 from ierf.models.model import Model
+from ierf.registry import Registry
 
-_REGISTRY: dict[str, type[Attributor]] = {
+METHODS: Registry[type[Attributor]] = Registry("method", {
     cls.name: cls for cls in (SRD, SRDHigh, SRDLow, Gradient, Saliency, GuidedBackprop,
                               GradientXInput, IntegratedGradients, SmoothGrad, LRPZPlus, AttnLRP,
                               RawAttention, Rollout, TransMM, GatedTransMM, *CAMS)
-}
+})
 DEFAULT_METHOD = "srd"
 
 
 def methods() -> list[str]:
     """Names of the available attribution methods."""
-    return sorted(_REGISTRY)
+    return sorted(METHODS)
 
 
 def attributor(name: str, model: Model | nn.Module, **opts: object) -> Attributor:
     """Build the attributor ``name`` for ``model`` (an ``ierf.Model`` or a plain ``nn.Module``)."""
-    if name not in _REGISTRY:
-        raise unknown_name("method", name, methods())
-    return _REGISTRY[name](model, **opts)
+    return METHODS[name](model, **opts)

@@ -7,7 +7,6 @@ Quantus' shape: hyperparameters in ``__init__``, data in ``__call__``::
 See ``docs/metrics.md`` for every definition and where we differ from Quantus.
 """
 
-from ierf.errors import unknown_name
 from ierf.metrics.attacks import AttackResult, manipulation_attack
 from ierf.metrics.base import Explain, Metric
 from ierf.metrics.complexity import Sparseness
@@ -25,10 +24,11 @@ from ierf.metrics.localisation import (
     make_grid,
 )
 from ierf.metrics.robustness import Randomisation, Stability
+from ierf.registry import Registry
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (
+METRICS: Registry[type[Metric]] = Registry("metric", {cls.name: cls for cls in (
     PointingGame, AttributionLocalisation, GridPointingGame, Sparseness,
-    FaithfulnessCorrelation, PixelFlipping, Insertion, Deletion, SaCo, Stability, Randomisation)}
+    FaithfulnessCorrelation, PixelFlipping, Insertion, Deletion, SaCo, Stability, Randomisation)})
 
 
 def metric_names() -> list[str]:
@@ -38,8 +38,6 @@ def metric_names() -> list[str]:
 
 def metric(name: str, **hyperparameters) -> Metric:
     """The metric called ``name``, built with its hyperparameters (see each class)."""
-    if name not in METRICS:
-        raise unknown_name("metric", name, METRICS)
     return METRICS[name](**hyperparameters)
 
 

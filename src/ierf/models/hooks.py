@@ -7,7 +7,7 @@ released even when the forward raises).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -15,10 +15,10 @@ from torch import nn
 
 
 @contextmanager
-def forward_hooks(hooks: Mapping[nn.Module, Callable]) -> Iterator[None]:
-    """Register ``hook`` as a forward hook on each module for the ``with`` block; removed on
-    exit, whatever happens inside."""
-    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Register each ``(module, hook)`` pair's forward hook for the ``with`` block; removed
+    on exit, whatever happens inside. A module may appear in several pairs."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
     try:
         yield
     finally:
@@ -48,7 +48,7 @@ def record_outputs(modules: Mapping[str, nn.Module], into: dict[str, object] | N
                 outputs[name] = out
         return hook
 
-    with forward_hooks({m: recorder(n) for n, m in modules.items()}):
+    with forward_hooks((m, recorder(n)) for n, m in modules.items()):
         yield outputs
 
 
@@ -65,7 +65,7 @@ def forward_until(net: nn.Module, x: torch.Tensor, layer: nn.Module,
         raise _StopForward
 
     try:
-        with forward_hooks({layer: hook}):
+        with forward_hooks([(layer, hook)]):
             net(x)
     except _StopForward:
         pass

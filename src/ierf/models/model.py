@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from ierf.errors import IerfError, unknown_name
+from ierf.models.hooks import record_outputs
 from ierf.models.pfv import PFVs, to_pfvs
 
 
@@ -149,15 +150,25 @@ class Model:
             return f"{blocks[0]}.{list(blocks[1].named_children())[-2][0]}"
         return [n for n, g in self.layer_grids(example).items() if g[0] * g[1] > 1][-1]
 
-    def layer_at_stride(self, stride: int) -> str:
+    def layer_at_stride(self, stride: int, example: torch.Tensor | None = None) -> str:
         """The outermost, then last, layer whose grid is the input size divided by ``stride``
-        (``layer2`` of a ResNet50, ``blocks.2`` of EfficientNet-Lite0)."""
-        h = self.input_size[1] // stride
-        names = [n for n, g in self.layer_grids().items() if g[0] == h]
+        (``layer2`` of a ResNet50, ``blocks.2`` of EfficientNet-Lite0).
+
+        A wrapped ``nn.Module`` has no known input size: pass an ``example`` input batch.
+        """
+        if example is None and self.input_size is None:
+            raise IerfError(f"finding the layer at stride {stride} needs the input size, which a "
+                            f"plain nn.Module ({self.name}) does not carry: pass the layer by "
+                            "name (layer='layer2'), or wrap the module as ierf.Model(net, name, "
+                            "class_names, preprocessing=ierf.models.Preprocessing((H, W), mean, "
+                            "std))")
+        h = (self.input_size[1] if example is None else example.shape[-2]) // stride
+        grids = self.layer_grids(example)
+        names = [n for n, g in grids.items() if g[0] == h]
         if not names:
-            grids = sorted({f"{g[0]}×{g[1]}" for g in self.layer_grids().values()})
+            shown = sorted({f"{g[0]}×{g[1]}" for g in grids.values()})
             raise IerfError(f"{self.name} has no layer at stride {stride} ({h}×{h} grid); its "
-                            f"layers have grids {', '.join(grids)}: pass a layer name instead")
+                            f"layers have grids {', '.join(shown)}: pass a layer name instead")
         depth = min(n.count(".") for n in names)
         return [n for n in names if n.count(".") == depth][-1]
 
@@ -195,24 +206,12 @@ class Model:
                ) -> tuple[torch.Tensor, dict[str, object]]:
         """Forward ``x`` (no grad): the model's output and the (first) output of each named
         module."""
-        outputs: dict[str, object] = {}
         wanted = dict(self.net.named_modules(remove_duplicate=False))
         if names is not None:
             wanted = {n: wanted[n] for n in names}
         wanted.pop("", None)
-
-        def hook(name: str):
-            def record(_m, _i, out):
-                outputs.setdefault(name, out)
-            return record
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in wanted.items()]
-        try:
-            with torch.no_grad():
-                out = self.net(x)
-        finally:
-            for h in handles:
-                h.remove()
+        with record_outputs(wanted) as outputs, torch.no_grad():
+            out = self.net(x)
         return out, outputs
 
 

@@ -15,8 +15,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from ierf.errors import IerfError, unknown_name
+from ierf.errors import IerfError
 from ierf.io import atomic_path
+from ierf.registry import Registry
 
 OVERCOMPLETENESS = 8
 """Default number of concepts per channel, ``K = 8 C`` (IERF Sec. VI-A1, after Bricken et al.)."""
@@ -56,7 +57,7 @@ class ConceptExtractor(ABC):
     arguments) and :meth:`state_tensors` / :meth:`load_state_tensors` (what was learnt).
     """
 
-    registry: ClassVar[dict[str, type[ConceptExtractor]]] = {}
+    registry: ClassVar[Registry[type[ConceptExtractor]]] = Registry("concept extractor")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,12 +111,9 @@ class ConceptExtractor(ABC):
         """
         tensor_file, config_file = _files(path)
         meta = json.loads(config_file.read_text())
-        name = meta.get("class")
-        if name not in ConceptExtractor.registry:
-            raise unknown_name("concept extractor", name, ConceptExtractor.registry)
-        target = ConceptExtractor.registry[name]
+        target = ConceptExtractor.registry[meta.get("class")]
         if not issubclass(target, cls):
-            raise IerfError(f"{config_file} holds a {name}, not a {cls.__name__}")
+            raise IerfError(f"{config_file} holds a {target.__name__}, not a {cls.__name__}")
         extractor = target(**meta["config"])
         extractor.load_state_tensors(load_file(tensor_file, device=str(device)))
         return extractor
