@@ -180,3 +180,17 @@ def test_normalize_is_preprocess_for_images_at_the_input_size():
         torch.testing.assert_close(model.normalize(batch.images), one_by_one, atol=1e-6, rtol=0)
         torch.testing.assert_close(model.denormalize(model.normalize(batch.images)),
                                    batch.images, atol=1e-6, rtol=0)
+
+
+def test_pfvs_are_not_changed_by_later_in_place_operations(resnet50_random) -> None:
+    # torchvision's Bottleneck adds the identity into bn3's output in place (out += identity)
+    # and applies an in-place ReLU: the recorded PFVs must be bn3's output as it was computed
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    bn3 = resnet50_random.module("layer3.2.bn3")
+    seen = []
+    handle = bn3.register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
+    try:
+        pfvs = resnet50_random.pfvs(x, "layer3.2.bn3")["layer3.2.bn3"]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(pfvs.as_map(), seen[0], rtol=0, atol=0)

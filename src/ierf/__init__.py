@@ -9,6 +9,17 @@ from ierf.models import Model, PFVs, as_model, available_models, load_model
 from ierf.targets import ClassTarget, ConceptTarget, LatentTarget, PFVTarget, ScalarTarget
 
 __version__ = "0.1.0"
+
+#: subpackages reachable as ``ierf.<name>`` after a plain ``import ierf`` (imported on first use)
+SUBPACKAGES = ("atlas", "bench", "concepts", "data", "graph", "local", "metrics", "models", "viz")
+
+
+def __getattr__(name: str) -> object:
+    if name in SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"ierf.{name}")
+    raise AttributeError(f"module 'ierf' has no attribute {name!r}")
 __all__ = ["SRD", "Attributor", "ClassTarget", "ConceptTarget", "IerfError", "LatentTarget",
            "Model", "PFVTarget", "PFVs", "ScalarTarget", "UnknownNameError",
            "WeightsUnavailableError", "as_model", "attributor", "available_models", "load_image",

@@ -6,6 +6,7 @@ IERF Sec. VI-A (Table III, Eqs. 11–12) and GIG Sec. 3.1–3.2, Appendices B an
 extractor to the model and layer it was learnt on.
 """
 
+from ierf.concepts.basis import BasisMismatchError, ConceptBasis
 from ierf.concepts.centering import bn_shift
 from ierf.concepts.decompose import (
     decompose,
@@ -24,9 +25,10 @@ from ierf.concepts.extractors import (
     SparseAutoencoder,
     TopKSAE,
 )
+from ierf.concepts.fitting import fit_basis, fit_concepts
 from ierf.concepts.synthetic import sparse_pfvs
 
-__all__ = ["BiasFreeTopKSAE", "BisectingSphericalKMeans", "ConceptExtractor",
-           "DictionaryLearner", "MatryoshkaSAE", "SAEBase", "SparseAutoencoder", "TopKSAE",
-           "bn_shift", "decompose", "l0_ratio", "lasso_objective", "reconstruct", "relative_l2",
-           "sparse_pfvs"]
+__all__ = ["BasisMismatchError", "BiasFreeTopKSAE", "BisectingSphericalKMeans",
+           "ConceptBasis", "ConceptExtractor", "DictionaryLearner", "MatryoshkaSAE", "SAEBase",
+           "SparseAutoencoder", "TopKSAE", "bn_shift", "decompose", "fit_basis", "fit_concepts",
+           "l0_ratio", "lasso_objective", "reconstruct", "relative_l2", "sparse_pfvs"]

@@ -24,6 +24,7 @@ from torch import nn
 
 from ierf.errors import IerfError, unknown_name
 from ierf.local.mha import explicit_attention
+from ierf.models.hooks import forward_hooks, record_outputs
 from ierf.models.model import Model
 
 
@@ -117,11 +118,8 @@ def trace(model: Model, x: torch.Tensor,
     with ExitStack() as stack:
         for i, b in enumerate(blocks):
             stack.enter_context(_record_attention(b.attn, attentions[i].append))
-            if i in residual_blocks:
-                def keep(_m, _inp, out, i=i):
-                    residuals[i] = out
-                handle = b.block.register_forward_hook(keep)
-                stack.callback(handle.remove)
+        stack.enter_context(record_outputs({i: blocks[i].block for i in residual_blocks},
+                                           into=residuals, first_only=False))
         with torch.set_grad_enabled(score is not None):
             # a graph even when the weights are frozen (requires_grad=False)
             logits = model.net(x.detach().requires_grad_(score is not None))
@@ -157,11 +155,10 @@ def _record_attention(attn: nn.Module, record: Callable[[torch.Tensor], None]) -
         return
     fused = attn.fused_attn
     attn.fused_attn = False  # the explicit softmax path passes A through attn_drop
-    handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: record(out))
     try:
-        yield
+        with forward_hooks([(attn.attn_drop, lambda _m, _i, out: record(out))]):
+            yield
     finally:
-        handle.remove()
         attn.fused_attn = fused
 
 

@@ -9,12 +9,14 @@
 * :func:`reconstruction_metrics` — Rel-ℓ2 and ℓ0 ratio (IERF Table III, GIG Table 1).
 * :func:`ierf_labels`, :func:`purity`, :func:`recovered_parts` and NMI — score concept
   assignments against the synthetic benchmark's per-pixel concept labels.
+
+"The rest of the network" is the isolated sub-network ``M_{layer → output}`` (IERF
+Sec. VI-B1, :class:`~ierf.models.Subnetwork`): only the layers after ``layer`` run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -27,32 +29,9 @@ from ierf.concepts.extractors import ConceptExtractor
 from ierf.errors import IerfError
 from ierf.metrics.faithfulness import curve_auc
 from ierf.models.model import Model
-from ierf.models.pfv import to_pfvs
+from ierf.models.subnetwork import Subnetwork
 
 Output = Literal["probability", "logit"]
-
-
-@contextmanager
-def replaced_pfvs(model: Model, layer: str,
-                  fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Within the block, ``layer``'s PFVs ``(B, N, C)`` are replaced by ``fn(pfvs)``.
-
-    A forward hook rebuilds the layer output from the new PFVs (feature map layout, or the
-    ViT's prefix tokens followed by the new patch tokens), so the rest of the network runs
-    from the modified layer.
-    """
-    def hook(_module, _inputs, output):
-        pfvs = to_pfvs(output, model.num_prefix_tokens, model.patch_grid)
-        new = fn(pfvs.vectors).to(output.dtype)
-        if output.dim() == 4:
-            return new.transpose(1, 2).reshape(output.shape)
-        return new if pfvs.prefix is None else torch.cat([pfvs.prefix, new], 1)
-
-    handle = model.module(layer).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def encode_layer(model: Model, x: torch.Tensor, layer: str,
@@ -72,14 +51,26 @@ def _score(logits: torch.Tensor, output: Output) -> torch.Tensor:
     raise IerfError(f"output must be 'probability' or 'logit', got {output!r}")
 
 
+def _tail(model: Model, x: torch.Tensor, layer: str) -> tuple[Subnetwork, torch.Tensor | None]:
+    """The sub-network from ``layer`` to the logits, and the ViT prefix tokens (CLS) of
+    ``layer`` on images ``x`` that it needs (``None`` for a CNN)."""
+    sub = Subnetwork(model, layer, "output", example=x[:1])
+    with torch.no_grad():
+        return sub, sub.pfvs_a(x).prefix if sub.prefix_tokens else None
+
+
+def _decoded_output(sub: Subnetwork, extractor: ConceptExtractor, U: torch.Tensor,
+                    prefix: torch.Tensor | None, output: Output) -> torch.Tensor:
+    b, n, k = U.shape
+    return _score(sub(extractor.decode(U.reshape(b * n, k)).reshape(b, n, -1), prefix), output)
+
+
 def concept_output(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
                    U: torch.Tensor, output: Output = "probability") -> torch.Tensor:
     """Class scores ``(B, classes)`` when ``layer``'s PFVs are ``decode(U)``, ``U (B, N, K)``
-    (GIG Eq. 9: ``X̃ = U Vᵀ + β``), differentiable in ``U``."""
-    b, n, k = U.shape
-    with replaced_pfvs(model, layer, lambda _: extractor.decode(U.reshape(b * n, k))
-                       .reshape(b, n, -1)):
-        return _score(model.net(x), output)
+    (GIG Eq. 9: ``X̃ = U Vᵀ + β``), differentiable in ``U``; ``x`` gives a ViT's prefix."""
+    sub, prefix = _tail(model, x, layer)
+    return _decoded_output(sub, extractor, U, prefix, output)
 
 
 def class_relevance(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
@@ -112,13 +103,15 @@ def class_relevance(model: Model, x: torch.Tensor, layer: str, extractor: Concep
     U = encode_layer(model, x, layer, extractor) if U is None else U.detach()
     target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
 
-    def forward(u: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return concept_output(model, images, layer, extractor, u, output)
+    sub, prefix = _tail(model, x, layer)
+
+    def forward(u: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        return _decoded_output(sub, extractor, u, prefix, output)
 
     ig = IntegratedGradients(forward)
-    with torch.enable_grad():
+    with torch.enable_grad():       # Captum repeats the prefix along with the IG steps
         result = ig.attribute(U, baselines=torch.zeros_like(U), target=target.tolist(),
-                              additional_forward_args=(x,), n_steps=n_steps,
+                              additional_forward_args=(prefix,), n_steps=n_steps,
                               internal_batch_size=internal_batch_size,
                               return_convergence_delta=return_delta)
     if return_delta:
@@ -144,12 +137,14 @@ def _curves(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtract
     changes[:, 1:].scatter_(1, rank, present)          # step rank+1 touches that concept
     image, step = changes.nonzero(as_tuple=True)
     scores = torch.empty(len(image), device=U.device, dtype=U.dtype)
+    sub, prefix = _tail(model, x, layer)
     with torch.no_grad():
         for i in range(0, len(image), batch_size):
             im, st = image[i:i + batch_size], step[i:i + batch_size]
             kept = rank[im] < st[:, None]
             kept = kept if insert else ~kept
-            out = concept_output(model, x[im], layer, extractor, U[im] * kept[:, None], output)
+            out = _decoded_output(sub, extractor, U[im] * kept[:, None],
+                                  None if prefix is None else prefix[im], output)
             scores[i:i + batch_size] = out.gather(1, target[im, None]).squeeze(1)
     dense = torch.zeros(b, k + 1, device=U.device, dtype=U.dtype)
     dense[image, step] = scores

@@ -7,7 +7,7 @@ released even when the forward raises).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -27,25 +27,27 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]
 
 
 @contextmanager
-def record_outputs(modules: Mapping[str, nn.Module], into: dict[str, object] | None = None,
-                   first_only: bool = True) -> Iterator[dict[str, object]]:
+def record_outputs(modules: Mapping[Hashable, nn.Module], into: dict | None = None,
+                   first_only: bool = True, copy: bool = False) -> Iterator[dict]:
     """Record each named module's output during the ``with`` block.
 
     Parameters
     ----------
-    modules : name → module.
+    modules : name (any key) → module.
     into : dictionary to fill (a new one by default); yielded.
     first_only : keep the first output of a module called more than once (reused modules);
         ``False`` keeps the last.
+    copy : record a copy of each tensor output, so that in-place operations later in the
+        forward (``out += identity`` after a ResNet's ``bn3``, ``ReLU(inplace=True)``) do not
+        change what was recorded.
     """
-    outputs: dict[str, object] = {} if into is None else into
+    outputs: dict = {} if into is None else into
 
-    def recorder(name: str) -> Callable:
+    def recorder(name: Hashable) -> Callable:
         def hook(_m: nn.Module, _i: object, out: object) -> None:
-            if first_only:
-                outputs.setdefault(name, out)
-            else:
-                outputs[name] = out
+            if first_only and name in outputs:
+                return
+            outputs[name] = out.clone() if copy and isinstance(out, torch.Tensor) else out
         return hook
 
     with forward_hooks((m, recorder(n)) for n, m in modules.items()):

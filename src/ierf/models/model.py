@@ -205,12 +205,13 @@ class Model:
     def _trace(self, x: torch.Tensor, names: Sequence[str] | None = None
                ) -> tuple[torch.Tensor, dict[str, object]]:
         """Forward ``x`` (no grad): the model's output and the (first) output of each named
-        module."""
+        module — copied when ``names`` are given, so later in-place operations cannot change
+        them (all modules: only their shapes are read)."""
         wanted = dict(self.net.named_modules(remove_duplicate=False))
         if names is not None:
             wanted = {n: wanted[n] for n in names}
         wanted.pop("", None)
-        with record_outputs(wanted) as outputs, torch.no_grad():
+        with record_outputs(wanted, copy=names is not None) as outputs, torch.no_grad():
             out = self.net(x)
         return out, outputs
 
