@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ierf
+from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.fitting import fit_concepts
 from ierf.metrics.concepts import encode_layer
 from ierf.viz.cards import (
@@ -66,10 +67,10 @@ def test_concept_locations_are_the_coefficients(toy, tmp_path) -> None:
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     layer = "layer1"                                     # 32 × 32 grid, upsampled ×2
     X = toy.pfvs(x, layer)[layer].vectors.flatten(0, 1)
-    ext = fit_concepts(X, "kmeans", 5, encoding="nearest")
-    maps = concept_locations(toy, x, layer, ext, [3, 0])
+    basis = ConceptBasis.bind(fit_concepts(X, "kmeans", 5, encoding="nearest"), toy, layer)
+    maps = concept_locations(toy, x, basis, [3, 0])
     assert maps.shape == (2, 2, 64, 64)
-    U = encode_layer(toy, x, layer, ext)                 # (2, 1024, 5)
+    U = encode_layer(toy, x, basis)                      # (2, 1024, 5)
     native = U[:, :, [3, 0]].transpose(1, 2).reshape(2, 2, 32, 32)
     # bilinear ×2 upsampling (half-pixel centres, edges clamped) gives every native cell a
     # total weight of 4, so each map keeps the mean of the concept's coefficients

@@ -9,8 +9,9 @@ from sklearn.metrics import auc, f1_score
 from sklearn.metrics.cluster import contingency_matrix
 
 import ierf
-from ierf.concepts.fitting import fit_concepts, layer_center
 from ierf.atlas.sampling import atlas_samples
+from ierf.concepts.basis import ConceptBasis
+from ierf.concepts.fitting import fit_concepts, layer_center
 from ierf.data.synthetic import PART_TYPES, generate
 from ierf.metrics import concepts as cm
 from ierf.models.toy import TOY_MEAN, TOY_STD
@@ -36,6 +37,7 @@ def data(toy):
                                    encoding="nearest"),
             "topk-sae": fit_concepts(X, "topk-sae", 24, k=4, epochs=3),
         }
+        out[layer] = {m: ConceptBasis.bind(e, toy, layer) for m, e in out[layer].items()}
     return out
 
 
@@ -59,8 +61,8 @@ def test_relevance_is_exact_where_the_rest_is_linear(toy, data, method) -> None:
     # after layer3 the toy ResNet is average pooling + a linear head, so the logit is linear
     # in U and IG (Eq. 7) is exactly Σ_p u_pq ⟨w_c, v_q⟩ / N
     x, y, ext = data["x"][:6], data["y"][:6], data[LAYER][method]
-    U = cm.encode_layer(toy, x, LAYER, ext)
-    r = cm.class_relevance(toy, x, LAYER, ext, y, U=U, output="logit", n_steps=8)
+    U = cm.encode_layer(toy, x, ext)
+    r = cm.class_relevance(toy, x, ext, y, U=U, output="logit", n_steps=8)
     w = toy.net.fc.weight[y]                                             # (B, C)
     expected = U.mean(1) * (w @ ext.get_dictionary())                     # (B, K)
     torch.testing.assert_close(r, expected, atol=2e-4, rtol=1e-3)
@@ -71,8 +73,8 @@ def test_relevance_is_exact_where_the_rest_is_linear(toy, data, method) -> None:
 def test_relevance_completeness(toy, data, method, output) -> None:
     # Σ_q GIG(v_q → e_c) = w_c(U) − w_c(0) up to the IG error (nonlinear layer3 in between)
     x, y, ext = data["x"][:6], data["y"][:6], data["layer2"][method]
-    U = cm.encode_layer(toy, x, "layer2", ext)
-    r = cm.class_relevance(toy, x, "layer2", ext, y, U=U, output=output, n_steps=64,
+    U = cm.encode_layer(toy, x, ext)
+    r = cm.class_relevance(toy, x, ext, y, U=U, output=output, n_steps=64,
                            internal_batch_size=96)
     full, base = (tail(toy, "layer2", decoded(ext, u)) for u in (U, torch.zeros_like(U)))
     if output == "probability":
@@ -84,10 +86,10 @@ def test_relevance_completeness(toy, data, method, output) -> None:
 
 def test_curve_end_points(toy, data) -> None:
     x, y, ext = data["x"][:8], data["y"][:8], data["layer2"]["kmeans"]
-    U = cm.encode_layer(toy, x, "layer2", ext)
-    importance = cm.class_relevance(toy, x, "layer2", ext, y, U=U, n_steps=16)
-    ins = cm.c_insertion_curve(toy, x, "layer2", ext, importance, y, U=U)
-    dele = cm.c_deletion_curve(toy, x, "layer2", ext, importance, y, U=U)
+    U = cm.encode_layer(toy, x, ext)
+    importance = cm.class_relevance(toy, x, ext, y, U=U, n_steps=16)
+    ins = cm.c_insertion_curve(toy, x, ext, importance, y, U=U)
+    dele = cm.c_deletion_curve(toy, x, ext, importance, y, U=U)
     assert ins.shape == dele.shape == (8, U.shape[2] + 1)
     with torch.no_grad():
         full = tail(toy, "layer2", decoded(ext, U)).softmax(1).gather(1, y[:, None])[:, 0]
@@ -103,9 +105,9 @@ def test_skipped_steps_match_running_every_step(toy, data) -> None:
     # the curve only runs the steps that touch a concept present in the image; compare with
     # running all K + 1 steps by hand
     x, y, ext = data["x"][:3], data["y"][:3], data["layer2"]["topk-sae"]
-    U = cm.encode_layer(toy, x, "layer2", ext)
+    U = cm.encode_layer(toy, x, ext)
     importance = torch.randn(U.shape[0], U.shape[2], generator=torch.Generator().manual_seed(0))
-    curve = cm.c_insertion_curve(toy, x, "layer2", ext, importance, y, U=U)
+    curve = cm.c_insertion_curve(toy, x, ext, importance, y, U=U)
     order = importance.argsort(1, descending=True)
     for b in range(len(x)):
         steps = []
@@ -129,16 +131,16 @@ def test_importance_order_beats_random_order(toy, data) -> None:
     # GIG Sec. 4.2.1: concepts ranked by Eq. 7 restore the class faster (insertion) and
     # destroy it faster (deletion) than random rankings
     x, y, ext = data["x"][:16], data["y"][:16], data[LAYER]["kmeans"]
-    U = cm.encode_layer(toy, x, LAYER, ext)
-    importance = cm.class_relevance(toy, x, LAYER, ext, y, U=U, n_steps=16)
+    U = cm.encode_layer(toy, x, ext)
+    importance = cm.class_relevance(toy, x, ext, y, U=U, n_steps=16)
     g = torch.Generator().manual_seed(0)
-    ins = cm.c_insertion_auc(toy, x, LAYER, ext, importance, y, U=U).mean()
-    dele = cm.c_deletion_auc(toy, x, LAYER, ext, importance, y, U=U).mean()
+    ins = cm.c_insertion_auc(toy, x, ext, importance, y, U=U).mean()
+    dele = cm.c_deletion_auc(toy, x, ext, importance, y, U=U).mean()
     rand_ins, rand_del = [], []
     for _ in range(3):
         r = torch.rand(importance.shape, generator=g)
-        rand_ins.append(cm.c_insertion_auc(toy, x, LAYER, ext, r, y, U=U).mean())
-        rand_del.append(cm.c_deletion_auc(toy, x, LAYER, ext, r, y, U=U).mean())
+        rand_ins.append(cm.c_insertion_auc(toy, x, ext, r, y, U=U).mean())
+        rand_del.append(cm.c_deletion_auc(toy, x, ext, r, y, U=U).mean())
     # measured (16 images, K = 24): insertion 0.95 vs 0.64–0.65, deletion 0.20 vs 0.65–0.68
     assert ins > max(rand_ins) + 0.2
     assert dele < min(rand_del) - 0.2
@@ -216,20 +218,20 @@ def test_ground_truth_parts_are_recovered_over_complete(toy) -> None:
 
 
 @pytest.mark.parametrize("name,layer", [("toy-resnet", "layer2"), ("toy-vit", "blocks.2")])
-def test_exact_codebook_through_the_hook_reproduces_the_model(name, layer) -> None:
+def test_exact_codebook_through_the_subnetwork_reproduces_the_model(name, layer) -> None:
     # one concept per PFV with nearest encoding reconstructs every PFV exactly, so running
     # the network from the replaced layer (feature map or CLS + patch tokens) gives the
     # model's own output, and C-insertion of all concepts ends at the model's probability
     model = ierf.load_model(name)
     x = normalise(generate(2, seed=5, split="test").images)
     X = model.pfvs(x, layer)[layer].vectors.flatten(0, 1)
-    ext = fit_concepts(X, "kmeans", len(X), encoding="nearest")
-    U = cm.encode_layer(model, x, layer, ext)
+    ext = ConceptBasis.bind(fit_concepts(X, "kmeans", len(X), encoding="nearest"), model, layer)
+    U = cm.encode_layer(model, x, ext)
     with torch.no_grad():
         probs = model(x).softmax(1)
-        torch.testing.assert_close(cm.concept_output(model, x, layer, ext, U), probs,
+        torch.testing.assert_close(cm.concept_output(model, x, ext, U), probs,
                                    atol=1e-5, rtol=1e-4)
     y = probs.argmax(1)
-    curve = cm.c_insertion_curve(model, x, layer, ext, torch.rand(2, len(X)), y, U=U)
+    curve = cm.c_insertion_curve(model, x, ext, torch.rand(2, len(X)), y, U=U)
     torch.testing.assert_close(curve[:, -1], probs.gather(1, y[:, None])[:, 0],
                                atol=1e-5, rtol=1e-4)

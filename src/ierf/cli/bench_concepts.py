@@ -73,13 +73,11 @@ def score_method(atlas, model, layer: str, method: str, args: argparse.Namespace
     row = {"method": method, "K": basis.n_concepts,
            "fit_s": time.perf_counter() - start, **cm.reconstruction_metrics(extractor, X)}
     y = model(x).argmax(1)
-    U = cm.encode_layer(model, x, layer, extractor)
-    importance = cm.class_relevance(model, x, layer, extractor, y, U=U, n_steps=args.ig_steps,
+    U = cm.encode_layer(model, x, basis)
+    importance = cm.class_relevance(model, x, basis, y, U=U, n_steps=args.ig_steps,
                                     internal_batch_size=64)
-    row["c_ins_auc"] = cm.c_insertion_auc(model, x, layer, extractor, importance, y,
-                                          U=U).mean().item()
-    row["c_del_auc"] = cm.c_deletion_auc(model, x, layer, extractor, importance, y,
-                                         U=U).mean().item()
+    row["c_ins_auc"] = cm.c_insertion_auc(model, x, basis, importance, y, U=U).mean().item()
+    row["c_del_auc"] = cm.c_deletion_auc(model, x, basis, importance, y, U=U).mean().item()
     if label_maps is not None:
         with torch.no_grad():
             assigned = cm.assignments(extractor.encode(X).detach()).cpu()

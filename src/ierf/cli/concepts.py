@@ -112,7 +112,7 @@ def _cards(args: argparse.Namespace) -> int:
                                labels=[f"concept {i}" for i in ids],
                                title=f"{model.name} {layer}: nearest PFVs ({args.by})")
     x = atlas.load_images([args.image])
-    maps = concept_locations(model, x, layer, extractor, ids)[0]
+    maps = concept_locations(model, x, basis, ids)[0]
     where = save_concept_locations(model.denormalize(x)[0], maps,
                                    out / f"locations-{layer}-image{args.image}.png",
                                    labels=[f"concept {i}" for i in ids])

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 from sklearn.metrics import normalized_mutual_info_score
 
+from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.decompose import l0_ratio, relative_l2
 from ierf.concepts.extractors import ConceptExtractor
 from ierf.errors import IerfError
@@ -34,13 +35,10 @@ from ierf.models.subnetwork import Subnetwork
 Output = Literal["probability", "logit"]
 
 
-def encode_layer(model: Model, x: torch.Tensor, layer: str,
-                 extractor: ConceptExtractor) -> torch.Tensor:
-    """Concept coefficients ``U (B, N, K)`` of every PFV of ``layer`` on images ``x``."""
-    pfvs = model.pfvs(x, layer)[layer].vectors
-    b, n, c = pfvs.shape
+def encode_layer(model: Model, x: torch.Tensor, basis: ConceptBasis) -> torch.Tensor:
+    """Concept coefficients ``U (B, N, K)`` of every PFV of the basis' layer on images ``x``."""
     with torch.no_grad():
-        return extractor.encode(pfvs.reshape(b * n, c)).reshape(b, n, -1).detach()
+        return basis.encode(basis.pfvs(model, x)).detach()
 
 
 def _score(logits: torch.Tensor, output: Output) -> torch.Tensor:
@@ -51,29 +49,33 @@ def _score(logits: torch.Tensor, output: Output) -> torch.Tensor:
     raise IerfError(f"output must be 'probability' or 'logit', got {output!r}")
 
 
-def _tail(model: Model, x: torch.Tensor, layer: str) -> tuple[Subnetwork, torch.Tensor | None]:
-    """The sub-network from ``layer`` to the logits, and the ViT prefix tokens (CLS) of
-    ``layer`` on images ``x`` that it needs (``None`` for a CNN)."""
-    sub = Subnetwork(model, layer, "output", example=x[:1])
+def _tail(model: Model, x: torch.Tensor, basis: ConceptBasis
+          ) -> tuple[Subnetwork, torch.Tensor | None]:
+    """The sub-network from the basis' layer to the logits, and the ViT prefix tokens (CLS)
+    of that layer on images ``x`` that it needs (``None`` for a CNN)."""
+    basis.check(model)
+    if basis.tokens != "patch":
+        raise IerfError(f"concept metrics replace a layer's patch tokens; this basis is for "
+                        f"{basis.tokens!r} tokens")
+    sub = Subnetwork(model, basis.layer, "output", example=x[:1])
     with torch.no_grad():
         return sub, sub.pfvs_a(x).prefix if sub.prefix_tokens else None
 
 
-def _decoded_output(sub: Subnetwork, extractor: ConceptExtractor, U: torch.Tensor,
+def _decoded_output(sub: Subnetwork, basis: ConceptBasis, U: torch.Tensor,
                     prefix: torch.Tensor | None, output: Output) -> torch.Tensor:
-    b, n, k = U.shape
-    return _score(sub(extractor.decode(U.reshape(b * n, k)).reshape(b, n, -1), prefix), output)
+    return _score(sub(basis.decode(U), prefix), output)
 
 
-def concept_output(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
+def concept_output(model: Model, x: torch.Tensor, basis: ConceptBasis,
                    U: torch.Tensor, output: Output = "probability") -> torch.Tensor:
-    """Class scores ``(B, classes)`` when ``layer``'s PFVs are ``decode(U)``, ``U (B, N, K)``
+    """Class scores ``(B, classes)`` when the basis layer's PFVs are ``decode(U)``, ``U (B, N, K)``
     (GIG Eq. 9: ``X̃ = U Vᵀ + β``), differentiable in ``U``; ``x`` gives a ViT's prefix."""
-    sub, prefix = _tail(model, x, layer)
-    return _decoded_output(sub, extractor, U, prefix, output)
+    sub, prefix = _tail(model, x, basis)
+    return _decoded_output(sub, basis, U, prefix, output)
 
 
-def class_relevance(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
+def class_relevance(model: Model, x: torch.Tensor, basis: ConceptBasis,
                     target: torch.Tensor | int, *, U: torch.Tensor | None = None,
                     output: Output = "probability", n_steps: int = 50,
                     internal_batch_size: int | None = None,
@@ -81,7 +83,7 @@ def class_relevance(model: Model, x: torch.Tensor, layer: str, extractor: Concep
     """Class relevance of every concept, GIG Eq. 7 (Captum's Integrated Gradients over ``U``).
 
     ``GIG(v_q → e_c) = Σ_p u_pq ∫₀¹ ∂⟨w^y(αU), e_c⟩ / ∂u_pq dα`` with ``w^y`` the class
-    probabilities (or logits) of the network run from ``layer`` on PFVs ``decode(αU)``.
+    probabilities (or logits) of the network run from the basis' layer on ``decode(αU)``.
     The baseline is ``U = 0``, i.e. PFVs ``decode(0)`` (``μ_BN`` for centred k-means, the
     decoder bias for SAEs), so by completeness the relevances sum to
     ``w^y_c(U) − w^y_c(0)`` up to the IG discretisation error.
@@ -100,13 +102,13 @@ def class_relevance(model: Model, x: torch.Tensor, layer: str, extractor: Concep
     (B, K) relevances (and (B,) deltas).
     """
     x = model.check(x)
-    U = encode_layer(model, x, layer, extractor) if U is None else U.detach()
+    U = encode_layer(model, x, basis) if U is None else U.detach()
     target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
 
-    sub, prefix = _tail(model, x, layer)
+    sub, prefix = _tail(model, x, basis)
 
     def forward(u: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
-        return _decoded_output(sub, extractor, u, prefix, output)
+        return _decoded_output(sub, basis, u, prefix, output)
 
     ig = IntegratedGradients(forward)
     with torch.enable_grad():       # Captum repeats the prefix along with the IG steps
@@ -120,7 +122,7 @@ def class_relevance(model: Model, x: torch.Tensor, layer: str, extractor: Concep
     return result.sum(1).detach()
 
 
-def _curves(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
+def _curves(model: Model, x: torch.Tensor, basis: ConceptBasis,
             U: torch.Tensor, importance: torch.Tensor, target: torch.Tensor, insert: bool,
             output: Output, batch_size: int) -> torch.Tensor:
     """(B, K + 1) class scores after 0, 1, …, K insertion/deletion steps.
@@ -137,13 +139,13 @@ def _curves(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtract
     changes[:, 1:].scatter_(1, rank, present)          # step rank+1 touches that concept
     image, step = changes.nonzero(as_tuple=True)
     scores = torch.empty(len(image), device=U.device, dtype=U.dtype)
-    sub, prefix = _tail(model, x, layer)
+    sub, prefix = _tail(model, x, basis)
     with torch.no_grad():
         for i in range(0, len(image), batch_size):
             im, st = image[i:i + batch_size], step[i:i + batch_size]
             kept = rank[im] < st[:, None]
             kept = kept if insert else ~kept
-            out = _decoded_output(sub, extractor, U[im] * kept[:, None],
+            out = _decoded_output(sub, basis, U[im] * kept[:, None],
                                   None if prefix is None else prefix[im], output)
             scores[i:i + batch_size] = out.gather(1, target[im, None]).squeeze(1)
     dense = torch.zeros(b, k + 1, device=U.device, dtype=U.dtype)
@@ -153,23 +155,23 @@ def _curves(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtract
     return dense.gather(1, last)
 
 
-def c_insertion_curve(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
+def c_insertion_curve(model: Model, x: torch.Tensor, basis: ConceptBasis,
                       importance: torch.Tensor, target: torch.Tensor | int, *,
                       U: torch.Tensor | None = None, output: Output = "probability",
                       batch_size: int = 64) -> torch.Tensor:
     """C-insertion (GIG Sec. 4.2.1): class score as concepts are added, most important first.
 
     Step ``s`` keeps the ``s`` most important concepts' coefficients, zeroes the rest and
-    runs the network from ``layer`` on ``decode(U_s)``. Returns (B, K + 1) scores, step 0 =
+    runs the network from the basis' layer on ``decode(U_s)``. Returns (B, K + 1) scores, step 0 =
     no concept (``decode(0)``), step K = the full reconstruction.
     """
     x = model.check(x)
-    U = encode_layer(model, x, layer, extractor) if U is None else U
+    U = encode_layer(model, x, basis) if U is None else U
     target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
-    return _curves(model, x, layer, extractor, U, importance, target, True, output, batch_size)
+    return _curves(model, x, basis, U, importance, target, True, output, batch_size)
 
 
-def c_deletion_curve(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
+def c_deletion_curve(model: Model, x: torch.Tensor, basis: ConceptBasis,
                      importance: torch.Tensor, target: torch.Tensor | int, *,
                      U: torch.Tensor | None = None, output: Output = "probability",
                      batch_size: int = 64) -> torch.Tensor:
@@ -178,9 +180,9 @@ def c_deletion_curve(model: Model, x: torch.Tensor, layer: str, extractor: Conce
     Returns (B, K + 1) scores, step 0 = the full reconstruction, step K = ``decode(0)``.
     """
     x = model.check(x)
-    U = encode_layer(model, x, layer, extractor) if U is None else U
+    U = encode_layer(model, x, basis) if U is None else U
     target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
-    return _curves(model, x, layer, extractor, U, importance, target, False, output, batch_size)
+    return _curves(model, x, basis, U, importance, target, False, output, batch_size)
 
 
 def c_insertion_auc(*args, **kwargs) -> torch.Tensor:

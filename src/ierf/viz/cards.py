@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.extractors import ConceptExtractor
 from ierf.errors import IerfError
 from ierf.metrics.concepts import encode_layer
@@ -100,15 +101,15 @@ def save_concept_cards(images: torch.Tensor, ierfs: torch.Tensor, path: str | Pa
     return save_figure(fig, path, dpi=80)
 
 
-def concept_locations(model: Model, x: torch.Tensor, layer: str, extractor: ConceptExtractor,
+def concept_locations(model: Model, x: torch.Tensor, basis: ConceptBasis,
                       concepts: Sequence[int]) -> torch.Tensor:
     """Where concepts sit in images (GIG Fig. 1, "concept localization"): (B, R, H, W).
 
-    Each map is the concept's coefficient ``u_pj`` at every position ``p`` of ``layer``
-    (Eq. 12 via ``extractor.encode``), upsampled bilinearly to the input size.
+    Each map is the concept's coefficient ``u_pj`` at every position ``p`` of the basis'
+    layer (Eq. 12 via ``basis.encode``), upsampled bilinearly to the input size.
     """
-    U = encode_layer(model, x, layer, extractor)                          # (B, N, K)
-    grid = model.pfvs(x[:1], layer)[layer].grid
+    U = encode_layer(model, x, basis)                                     # (B, N, K)
+    grid = model.pfvs(x[:1], basis.layer)[basis.layer].grid
     idx = torch.as_tensor(list(concepts), dtype=torch.long, device=U.device)
     maps = U[:, :, idx].transpose(1, 2).reshape(len(x), len(idx), *grid)
     return F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
