@@ -5,26 +5,22 @@ the map of image ``n + i`` (for that image's own class), with
 :func:`ierf.metrics.attacks.manipulation_attack`. Robustness = SSIM and Pearson between the
 original and manipulated maps (higher = harder to manipulate).
 
-The attack differentiates the map with respect to the input, so each method here is written
-as a differentiable ``explain(net, x, y)`` (``create_graph=True``) that gives the registry
-method's map on the real network; SRD runs with μ(L→O) = 1 as the paper does, so no other
-attributor leaks into it. The paper's comparison (Fig. 4): gradient, gradient × input, guided
+The attack differentiates the map with respect to the input, so each method is looked up in
+the method registry (:func:`ierf.attributor`) and run in its differentiable form
+(:mod:`ierf.local.differentiable`: the registry method's map, kept in the graph); SRD runs
+with μ(L→O) = 1 as the paper does, so no other attributor leaks into it. The paper's comparison (Fig. 4): gradient, gradient × input, guided
 backprop, Integrated Gradients, LRP-z⁺ and SRD.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
-from zennit.composites import LayerMapComposite
 
 from ierf.bench.data import prepare
 from ierf.bench.run import mean_se
@@ -32,8 +28,8 @@ from ierf.bench.store import ResultStore
 from ierf.bench.tables import Table
 from ierf.errors import unknown_name
 from ierf.io import atomic_path
-from ierf.local.lrp import zplus_composite
-from ierf.local.srd import SRD
+from ierf.local.differentiable import differentiable, differentiable_methods
+from ierf.local.registry import attributor
 from ierf.metrics.attacks import manipulation_attack
 from ierf.metrics.base import Explain
 from ierf.models.model import Model
@@ -48,169 +44,24 @@ COLUMNS = {"ssim": ("SSIM", "higher"), "pearson": ("PCC", "higher")}
 DIAGNOSTICS = ("target-pearson-before", "target-pearson-after", "output-mse")
 
 
-def _input_gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """∂F_y/∂x with the graph kept (x must require grad)."""
-    score = net(x).gather(1, y[:, None]).sum()
-    return torch.autograd.grad(score, x, create_graph=True)[0]
+#: registry options per method: the attack's settings (SRD with μ(L→O) = 1, as the paper;
+#: Integrated Gradients with 16 midpoint-rule steps: 16 second-order passes per image)
+METHOD_OPTIONS: dict[str, dict[str, object]] = {
+    "srd": {"final": "ones"},
+    "integrated-gradients": {"n_steps": 16, "method": "riemann_middle"},
+}
 
 
-def gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient map Σ_c ∂F_y/∂x_c (the attack takes |φ|, as Dombrowski et al.)."""
-    return _input_gradient(net, x, y).sum(1)
-
-
-def grad_x_input(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient × input, summed over channels."""
-    return (_input_gradient(net, x, y) * x).sum(1)
-
-
-def integrated_gradients(steps: int = 16) -> Explain:
-    """Integrated Gradients from a zero baseline, ``steps`` midpoint-rule steps (differentiable)."""
-    def explain(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        alphas = (torch.arange(steps, device=x.device, dtype=x.dtype) + 0.5) / steps
-        path = (alphas.view(-1, 1, 1, 1, 1) * x).flatten(0, 1)  # (steps·B, C, H, W)
-        g = _input_gradient(net, path, y.repeat(steps)).view(steps, *x.shape).mean(0)
-        return (g * x).sum(1)
-    return explain
-
-
-_RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
-
-
-class _GuidedBackward(torch.autograd.Function):
-    """Forward: the activation's output ``a``; backward: ``relu(g) · slope`` into ``x`` only.
-
-    The backward is made of torch ops on the saved ``slope`` (a graph function of ``x``), so
-    with ``create_graph`` the guided gradient is itself differentiable w.r.t. the input.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(slope)
-        return a.clone()
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (slope,) = ctx.saved_tensors
-        return g.clamp_min(0) * slope, None, None  # clamp_min: no ReLU call for a mode to see
-
-
-class _ReLUSlopes(TorchFunctionMode):
-    """While active, record the local slope σ'(x) of every ReLU call, in call order.
-
-    ``σ`` is whatever the ReLU call computes under the modes outside this one: the ReLU itself
-    (slope 1[x > 0]), or the attack's softplus surrogate (slope sigmoid(βx)). The slope is
-    taken by autograd with ``create_graph``, so it stays a graph function of the input.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slopes: list[torch.Tensor] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func not in _RELUS:
-            return func(*args, **(kwargs or {}))
-        x = args[0]
-        a = torch.relu(x)  # out of place; the softplus surrogate when the attack runs
-        self.slopes.append(torch.autograd.grad(a, x, torch.ones_like(a), create_graph=True)[0])
-        return a
-
-
-class _GuidedReLU(TorchFunctionMode):
-    """While active, the k-th ReLU call back-propagates ``relu(g) · slopes[k]``."""
-
-    def __init__(self, slopes: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.slopes = iter(slopes)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func not in _RELUS:
-            return func(*args, **(kwargs or {}))
-        return _GuidedBackward.apply(args[0], torch.relu(args[0]), next(self.slopes))
-
-
-def guided_backprop(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Guided backprop (Springenberg et al. 2015), differentiable: max over channels of
-    |guided ∂F_y/∂x|, the registry's ``guided-backprop`` map.
-
-    At every ReLU (module or functional) the backward is ``relu(g) · σ'(x)``. The map depends
-    on the input only through these slopes, so they come from a plain forward pass (true
-    derivatives back to the input), and a second, guided pass uses them: had the slopes been
-    taken inside the guided pass, the second derivative the attack needs would flow back
-    through guided ReLUs instead of the network's own Jacobian.
-    """
-    with _ReLUSlopes() as record:
-        net(x)
-    with _GuidedReLU(record.slopes):
-        score = net(x).gather(1, y[:, None]).sum()
-    g = torch.autograd.grad(score, x, create_graph=True)[0]
-    return g.abs().amax(1)
-
-
-def lrp_zplus(model: Model, stabilizer: float = 1e-6) -> Explain:
-    """LRP-z⁺ with the registry's Zennit composite (:func:`ierf.local.lrp.zplus_composite`),
-    differentiable: input relevance summed over channels, output relevance = target logit.
-
-    Zennit's rules compute each layer's relevance with ``autograd.grad`` on the stored layer
-    input, and pass ``create_graph`` on when the incoming relevance requires grad, so the
-    relevance map stays in the graph when the output relevance does (here: the logit, not
-    detached). Its BatchNorm canonizer, however, merges by overwriting ``.data`` and restores
-    the parameters on exit, which would silently change the weights the attack's second
-    backward pass reads; so the canonizers are applied once, for good, to a private copy of
-    the network (as it is when the explainer is built), and only the rule hooks are
-    registered per call.
-    """
-    net = copy.deepcopy(model.net).eval().requires_grad_(False)
-    for m in net.modules():
-        if getattr(m, "inplace", None) is True:
-            m.inplace = False  # Zennit's hooks need out-of-place activations
-    composite = zplus_composite(net, stabilizer)
-    for canonizer in composite.canonizers:
-        canonizer.apply(net)  # never removed: the copy stays canonized
-    rules = LayerMapComposite(layer_map=composite.layer_map)
-
-    def explain(_net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with rules.context(net):
-            logits = net(x)
-            one_hot = torch.zeros_like(logits).scatter_(1, y[:, None], 1.0)
-            (relevance,) = torch.autograd.grad(logits, x, one_hot * logits, create_graph=True)
-        return relevance.sum(1)
-    return explain
-
-
-def gradcam(model: Model) -> Explain:
-    """Grad-CAM at the encoder output: ReLU(Σ_k mean(∂F_y/∂A_k) A_k), upsampled bilinearly."""
-    layer = model.module(model.encoder_layer())
-
-    def explain(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        acts: list[torch.Tensor] = []
-        handle = layer.register_forward_hook(lambda _m, _i, out: acts.append(out))
-        try:
-            score = net(x).gather(1, y[:, None]).sum()
-        finally:
-            handle.remove()
-        g = torch.autograd.grad(score, acts[0], create_graph=True)[0]
-        cam = F.relu((g.mean((2, 3), keepdim=True) * acts[0]).sum(1, keepdim=True))
-        return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return explain
-
-
-def srd_ones(model: Model) -> Explain:
-    """SRD with μ(L→O) = 1 at every PFV of the encoder output (the paper's attack setting),
-    kept in the graph (``create_graph``) so the map can be differentiated w.r.t. the input."""
-    srd = SRD(model, final="ones", create_graph=True)
-
-    def explain(_net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return srd.attribute(x, y)
-    return explain
+def explainer(model: Model, name: str) -> Explain:
+    """The attack's ``explain(net, x, y)`` for registry method ``name``: its differentiable
+    form (:func:`ierf.local.differentiable.differentiable`) with :data:`METHOD_OPTIONS`."""
+    form = differentiable(attributor(name, model, **METHOD_OPTIONS.get(name, {})))
+    return lambda _net, x, y: form(x, y)
 
 
 def explainers(model: Model) -> dict[str, Callable[[], Explain]]:
-    """Differentiable explainers by method name (built on demand)."""
-    return {"gradient": lambda: gradient, "grad-x-input": lambda: grad_x_input,
-            "guided-backprop": lambda: guided_backprop,
-            "integrated-gradients": integrated_gradients, "lrp-zplus": lambda: lrp_zplus(model),
-            "gradcam": lambda: gradcam(model), "srd": lambda: srd_ones(model)}
+    """Differentiable explainers by registry method name (built on demand)."""
+    return {name: partial(explainer, model, name) for name in differentiable_methods()}
 
 
 def run_attack(model: Model, methods: list[str], n: int, out: str | Path, seed: int = 0,
@@ -261,7 +112,7 @@ def run_attack(model: Model, methods: list[str], n: int, out: str | Path, seed: 
                         torch.save({"original": r.map_original[0].cpu(),
                                     "adv": r.map_adv[0].cpu(), "target": target[0].cpu()}, tmp)
                 bar.update(1)
-            figure_maps[m] = torch.load(out / "maps" / f"{m}.pt")
+            figure_maps[m] = torch.load(out / "maps" / f"{m}.pt", weights_only=True)
         bar.close()
         scores = {m: {k: np.asarray(store.scores(model.name, m, k))
                       for k in (*COLUMNS, *DIAGNOSTICS)} for m in methods}
