@@ -11,6 +11,11 @@ What is conserved: with zero biases (linear biases, LayerNorm β, CLS token, pos
 embedding) and ``attention="cp"`` the input relevance sums to the explained score exactly.
 Otherwise the biases keep their shares, and the AttnLRP softmax rule keeps the Taylor
 bias term of each softmax; input relevance + those = the score.
+
+A PFV-level target seeds the backward pass at its layer with ``ĝ = ∂z/∂v`` of its scalar
+(:func:`ierf.targets.start_gradient`, the same function SRD takes its start relevance from),
+computed under the rules (an SAE's activation gets the identity rule, Eq. 10), so the start
+relevance ``v ⊙ ĝ`` is the target's: 1 on the token of a :class:`~ierf.PFVTarget`, as in SRD.
 """
 
 from __future__ import annotations
@@ -30,9 +35,8 @@ from ierf.local.patches import frozen_params
 from ierf.models.hooks import forward_until
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
-from ierf.targets import ConceptTarget, LatentTarget, PFVTarget, ScalarTarget
+from ierf.targets import LayerTarget, one_layer, start_gradient, target_layer
 
-PFV_TARGETS = (PFVTarget, ConceptTarget, ScalarTarget, LatentTarget)
 ATTENTION_RULES = ("attnlrp", "cp")
 RESOLUTIONS = ("input", "patch")
 REDUCTIONS = ("sum", "norm")
@@ -52,11 +56,12 @@ class AttnLRP(Attributor):
     reduce : how a token's channel relevance becomes one number in patch maps: ``"sum"``
         (signed, conserving) or ``"norm"`` (ℓ2 across channels, paper Sec. III-D).
 
-    Targets: a class (index, name, ``None`` = top class) explains that logit; a
-    :class:`~ierf.PFVTarget`, :class:`~ierf.ConceptTarget`, :class:`~ierf.ScalarTarget` or
-    :class:`~ierf.LatentTarget` explains a token, a concept direction, any scalar, or an SAE
-    latent of its layer (their iERFs). PFV positions index the patch grid (row-major);
-    a negative position ``-(i + 1)`` addresses prefix token ``i`` (``-1`` = CLS).
+    Targets: a class (index, name, ``None`` = top class) explains that logit; a PFV-level
+    target (:class:`~ierf.targets.LayerTarget`: :class:`~ierf.PFVTarget`,
+    :class:`~ierf.ConceptTarget`, :class:`~ierf.ScalarTarget`, :class:`~ierf.LatentTarget` or
+    one of your own) explains a token, a concept direction, any scalar, or an SAE latent of
+    its layer (their iERFs). PFV positions index the patch grid (row-major); a negative
+    position ``-(i + 1)`` addresses prefix token ``i`` (``-1`` = CLS).
     """
 
     name: ClassVar[str] = "attnlrp"
@@ -107,8 +112,7 @@ class AttnLRP(Attributor):
                             "ViT, or pass layer=")
         return names[0]
 
-    def ierfs(self, x: torch.Tensor,
-              targets: Sequence[PFVTarget | ConceptTarget | ScalarTarget | LatentTarget],
+    def ierfs(self, x: torch.Tensor, targets: Sequence[LayerTarget],
               internal_batch_size: int = 16) -> torch.Tensor:
         """iERFs of many tokens, concept directions or SAE latents of one layer (Eq. 10):
         (K, B, H, W) input maps, colour channels summed.
@@ -118,20 +122,15 @@ class AttnLRP(Attributor):
         """
         if internal_batch_size < 1:
             raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
-        if not targets or not all(isinstance(t, PFV_TARGETS) for t in targets):
-            raise IerfError("ierfs() takes a non-empty list of PFVTarget, ConceptTarget, "
-                            "ScalarTarget or LatentTarget")
-        layer = {t.layer for t in targets}
-        if len(layer) != 1:
-            raise IerfError(f"ierfs() takes targets of one layer, got {sorted(layer)}")
+        one_layer(targets)
         return self._propagate(x, list(targets), (), internal_batch_size)["input"].sum(2)
 
     def _propagate(self, x: torch.Tensor, targets: Sequence[object], layers: Sequence[str],
                    chunk: int = 1) -> dict[str, torch.Tensor]:
         """Channel-wise relevance (K, *shape) at the input and ``layers`` for K targets."""
         x = self.model.check(x)
-        pfv = isinstance(targets[0], PFV_TARGETS)
-        for name in (*layers, *([targets[0].layer] if pfv else [])):
+        start = target_layer(targets[0])
+        for name in (*layers, *([start] if start is not None else [])):
             self.model.module(name)
         x = x.detach().requires_grad_(True)
         outs: dict[str, torch.Tensor] = {}
@@ -146,12 +145,12 @@ class AttnLRP(Attributor):
         try:
             with frozen_params(self.model.net), torch.enable_grad(), explicit_attention(self.model.net), \
                     mode:
-                if pfv:
-                    start = targets[0].layer
+                if start is not None:
                     forward_until(self.model.net, x, self.model.module(start),
                                   lambda out: outs.setdefault(start, out))
                     out = outs[start]
-                    seeds = torch.stack([self._pfv_seed(out, t) for t in targets])
+                    seeds = torch.stack([start_gradient(t, out, self.model.num_prefix_tokens,
+                                                        self.model.patch_grid) for t in targets])
                 else:
                     out = self.model.net(x)
                     seeds = self._class_seed(out, targets[0])[None]
@@ -160,7 +159,7 @@ class AttnLRP(Attributor):
                 h.remove()
         missing = [n for n in layers if n not in outs]
         if missing:
-            raise IerfError(f"layers {missing} come after {targets[0].layer!r}, where the "
+            raise IerfError(f"layers {missing} come after {start!r}, where the "
                             "relevance of this target starts; pick earlier layers")
         inputs = [x, *(outs[n] for n in layers)]
         parts = [self._backward(out, inputs, seeds[i:i + chunk], i + chunk < len(seeds))
@@ -187,55 +186,3 @@ class AttnLRP(Attributor):
                             f"{type(logits).__name__}")
         score = self.score(logits, target)
         return torch.autograd.grad(score.sum(), logits, retain_graph=True)[0]
-
-    def _pfv_seed(self, out: torch.Tensor, target: object) -> torch.Tensor:
-        """ĝ at ``out`` for a PFV-level target: its scalar's gradient under the AttnLRP rules.
-
-        PFVTarget: ``v_p / ‖v_p‖²`` at that token, so the token's relevance is 1 (as SRD);
-        ConceptTarget: ``u`` (relevance ⟨u, v_p⟩); ScalarTarget and LatentTarget: the
-        rule-modified gradient of ``fn`` / the SAE latent (the SAE's activation gets the
-        identity rule: relevance flows back from ``z_k`` through the encoder, Eq. 10).
-        """
-        leaf = out.detach().requires_grad_(True)
-        pf = to_pfvs(leaf, self.model.num_prefix_tokens, self.model.patch_grid)
-        if isinstance(target, PFVTarget):
-            v = select_tokens(pf, target.position, target.layer)
-            norm2 = (v * v).sum(-1, keepdim=True)
-            scalar = (v * (v / torch.where(norm2 == 0, 1.0, norm2)).detach()).sum()
-        elif isinstance(target, ConceptTarget):
-            u = torch.as_tensor(target.vector, device=leaf.device, dtype=leaf.dtype)
-            if u.shape != (pf.vectors.shape[-1],):
-                raise IerfError(f"concept vector of shape {tuple(u.shape)} does not match the "
-                                f"{pf.vectors.shape[-1]} channels of layer {target.layer!r}")
-            v = pf.vectors if target.position is None else \
-                select_tokens(pf, target.position, target.layer)
-            scalar = (v @ u).sum()
-        elif isinstance(target, LatentTarget):
-            v = pf.vectors if target.position is None else \
-                select_tokens(pf, target.position, target.layer)[:, None]
-            sae = target.sae if isinstance(target.sae, nn.Module) else nn.Module()
-            with frozen_params(sae):
-                scalar = target.activations(v).sum()
-        else:
-            scores = target.fn(pf.vectors)
-            if scores.shape != (leaf.shape[0],):
-                raise IerfError(f"a ScalarTarget's fn must return one score per image, shape "
-                                f"({leaf.shape[0]},); got {tuple(scores.shape)}")
-            scalar = scores.sum()
-        (seed,) = torch.autograd.grad(scalar, leaf, allow_unused=True)
-        return torch.zeros_like(leaf) if seed is None else seed
-
-
-def select_tokens(pf, position: int | Sequence[int] | torch.Tensor, layer: str) -> torch.Tensor:
-    """(B, C) token of each image: patch ``position`` (row-major), or prefix token ``i`` for
-    ``position = -(i + 1)``."""
-    b, n, _ = pf.vectors.shape
-    prefix = 0 if pf.prefix is None else pf.prefix.shape[1]
-    pos = torch.as_tensor(position, device=pf.vectors.device, dtype=torch.long).reshape(-1)
-    pos = pos.expand(b) if pos.numel() == 1 else pos
-    if pos.numel() != b or (pos >= n).any() or (pos < -prefix).any():
-        raise IerfError(f"token positions {pos.tolist()} do not fit a batch of {b} images with "
-                        f"{n} patch tokens and {prefix} prefix tokens in layer {layer!r} "
-                        f"(patch tokens 0..{n - 1}, prefix tokens -1..-{prefix})")
-    tokens = pf.vectors if pf.prefix is None else torch.cat([pf.prefix.flip(1), pf.vectors], 1)
-    return tokens[torch.arange(b, device=pos.device), pos + prefix]

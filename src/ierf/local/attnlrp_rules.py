@@ -13,7 +13,8 @@ derivatives are replaced so that this product follows the LRP rules:
 - element-wise activations (GELU, …): the identity rule ``R_in = R_out`` (paper Eq. 9),
   i.e. the local derivative becomes ``f(x)/x``;
 - LayerNorm: σ held constant (mean centring kept), which makes it linear in ``x``: the
-  identity rule on ``1/σ`` (paper Prop. 3.4), as lxt does;
+  identity rule on ``1/σ`` (paper Prop. 3.4), as lxt does (written out once, with attention,
+  in :mod:`ierf.local.frozen_ops`);
 - softmax: plain gradient, because ``x ⊙ Jᵀ(R/s) = x ⊙ (R − s Σ R)`` is exactly the AttnLRP
   softmax rule (paper Prop. 3.1, the Taylor decomposition at ``x`` with its bias term, which
   is where relevance is not conserved);
@@ -29,7 +30,6 @@ so many targets share one forward pass (``is_grads_batched``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ierf.local import frozen_ops
 from ierf.local.nonlinearity import _OUT_OF_PLACE, ACTIVATION_FUNCTIONS
 
 #: bilinear operations that get the uniform rule when both operands depend on the input
@@ -120,40 +121,20 @@ def uniform(a: torch.Tensor) -> torch.Tensor:
     return _HalfGradient.apply(a)
 
 
-def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5
-               ) -> torch.Tensor:
-    """LayerNorm with σ held constant (Prop. 3.4): linear in ``x``; β keeps its share."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    centred = x - x.mean(dims, keepdim=True)
-    sigma = (centred.detach().pow(2).mean(dims, keepdim=True) + eps).sqrt()
-    y = centred / sigma
-    if weight is not None:
-        y = y * weight
-    return y + bias if bias is not None else y
+def bilinear(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with the uniform rule when both factors depend on the input (Eq. 7)."""
+    return uniform(a) @ uniform(b) if depends_on_input(a) and depends_on_input(b) else a @ b
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
-              dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-              enable_gqa: bool = False, cp: bool = False) -> torch.Tensor:
-    """``softmax(q kᵀ · scale + mask) v``: uniform rule on both products (Prop. 3.3), softmax
-    rule (Prop. 3.1) between them.
+def attention(*args, cp: bool = False, **kwargs) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` (same arguments): uniform rule on ``q·kᵀ`` and
+    ``A·v`` (Prop. 3.3), softmax rule (Prop. 3.1) between them.
 
     With ``cp=True`` (CP-LRP, Ali et al. 2022) the attention weights are constants: no
     relevance flows through the softmax to ``q`` and ``k``, and relevance is conserved.
     """
-    if enable_gqa and k.shape[-3] != q.shape[-3]:
-        repeat = q.shape[-3] // k.shape[-3]
-        k, v = k.repeat_interleave(repeat, -3), v.repeat_interleave(repeat, -3)
-    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    logits = uniform(q * scale) @ uniform(k.transpose(-2, -1))
-    if is_causal:
-        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~causal, float("-inf"))
-    if attn_mask is not None:
-        logits = (logits.masked_fill(~attn_mask, float("-inf"))
-                  if attn_mask.dtype == torch.bool else logits + attn_mask)
-    weights = logits.softmax(-1)
-    return weights.detach() @ v if cp else uniform(weights) @ uniform(v)
+    return frozen_ops.attention(*args, **kwargs, weights=frozen_ops.constant if cp else
+                                frozen_ops.computed, matmul=bilinear)
 
 
 class AttnLRPMode(TorchFunctionMode):
@@ -184,7 +165,7 @@ class AttnLRPMode(TorchFunctionMode):
             act = _OUT_OF_PLACE.get(func, func)
             return _IdentityRule.apply(x, lambda t: act(t, *rest, **kwargs))
         if func is F.layer_norm:
-            return layer_norm(*args, **kwargs)
+            return frozen_ops.layer_norm(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             return attention(*args, **kwargs, cp=self.cp)
         if func in BILINEAR_FUNCTIONS and len(args) == 2 and all(map(depends_on_input, args)):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 from torch import nn
 
 from ierf.errors import IerfError
 from ierf.models.model import Model, as_model
-from ierf.targets import ClassTarget, resolve_target
+from ierf.targets import ClassTarget, resolve_target, target_layer
 
 
 class Attributor(ABC):
@@ -32,7 +32,7 @@ class Attributor(ABC):
         ----------
         x : (B, 3, H, W) preprocessed images.
         target : ``None``/``"auto"`` (top class), class index or name, indices per image,
-            or a target object such as :class:`ierf.ClassTarget`.
+            or a target object (anything with ``scalar``, see :mod:`ierf.targets`).
 
         Returns
         -------
@@ -48,7 +48,10 @@ class Attributor(ABC):
 
     def score(self, logits: torch.Tensor, target: object) -> torch.Tensor:
         """(B,) target scores of ``logits`` (the target resolved against these logits)."""
-        return resolve_target(target, logits.detach(), self.model.class_names)(logits)
+        if target_layer(target) is not None:
+            raise IerfError(f"method {self.name!r} explains the model output, not a target on "
+                            f"layer {target.layer!r}: use SRD or AttnLRP for PFV-level targets")
+        return resolve_target(target, logits.detach(), self.model.class_names).scalar(logits)
 
     def class_indices(self, x: torch.Tensor, target: object) -> torch.Tensor:
         """(B,) class indices of a class target, resolved on one no-grad forward pass of ``x``.
@@ -62,13 +65,13 @@ class Attributor(ABC):
         if not isinstance(resolved, ClassTarget):
             raise IerfError(f"method {self.name!r} explains class logits: give a class index or "
                             f"name, 'auto', or ierf.ClassTarget, not {target!r}")
-        resolved(logits)  # checks the range of a ClassTarget passed as an object
+        resolved.scalar(logits)  # checks the range of a ClassTarget passed as an object
         return resolved.indices(x.shape[0], x.device)
 
     def close(self) -> None:
         """Release hooks or other resources (nothing to do for hook-free attributors)."""
 
-    def __enter__(self) -> Attributor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

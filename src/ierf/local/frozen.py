@@ -7,18 +7,18 @@ token mixing ``A·V``, residual adds) is affine, so sharing ratios (Eq. 18) are 
 the same one-VJP engine gives ViT tokens their iERFs.
 
 :class:`FrozenMode` records those constants on a first pass and replays them on later ones,
-so the bias pass and the relevance pass see exactly the forward's attention and scales.
+so the bias pass and the relevance pass see exactly the forward's attention and scales. The
+written-out LayerNorm and attention are :mod:`ierf.local.frozen_ops`, shared with AttnLRP.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ierf.errors import IerfError
+from ierf.local import frozen_ops
 from ierf.local.mha import UNSUPPORTED, self_attention
 
 _SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
@@ -63,28 +63,13 @@ class FrozenMode(TorchFunctionMode):
             return self._multi_head_attention(*args, **kwargs)
         return func(*args, **kwargs)
 
-    def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
-        dims = tuple(range(-len(normalized_shape), 0))
-        centred = x - x.mean(dims, keepdim=True)
-        sigma = self._constant(lambda: (x.var(dims, unbiased=False, keepdim=True) + eps).sqrt())
-        y = centred / sigma
-        if weight is not None:
-            y = y * weight
-        return y + bias if bias is not None else y
+    def _layer_norm(self, *args, **kwargs) -> torch.Tensor:
+        """``F.layer_norm`` with σ recorded / replayed."""
+        return frozen_ops.layer_norm(*args, **kwargs, sigma=self._constant)
 
-    def _attention(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                   enable_gqa=False):
-        def weights() -> torch.Tensor:
-            logits = q @ k.transpose(-2, -1) * (scale or 1 / math.sqrt(q.shape[-1]))
-            if is_causal:
-                causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
-                logits = logits.masked_fill(~causal.tril(), float("-inf"))
-            if attn_mask is not None:
-                logits = (logits.masked_fill(~attn_mask, float("-inf"))
-                          if attn_mask.dtype == torch.bool else logits + attn_mask)
-            return logits.softmax(-1)
-
-        return self._constant(weights) @ v
+    def _attention(self, *args, **kwargs) -> torch.Tensor:
+        """``F.scaled_dot_product_attention`` with the weights A recorded / replayed."""
+        return frozen_ops.attention(*args, **kwargs, weights=self._constant)
 
     def _multi_head_attention(self, query, key, value, embed_dim, num_heads, in_proj_weight,
                               in_proj_bias, bias_k, bias_v, add_zero_attn, dropout_p,

@@ -39,10 +39,9 @@ from ierf.local.nonlinearity import ACTIVATION_MODULES, AFFINE_MODULES, Nonlinea
 from ierf.models.hooks import forward_until
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
-from ierf.targets import ConceptTarget, LatentTarget, PFVTarget, ScalarTarget, resolve_target
+from ierf.targets import LayerTarget, one_layer, start_gradient, target_layer
 
 FINAL_RATIOS = ("clamped-mean", "mean", "raw", "ones")
-PFV_TARGETS = (PFVTarget, ConceptTarget, ScalarTarget, LatentTarget)
 BIAS_RULES = ("proportional", "absorb")
 
 
@@ -185,20 +184,20 @@ class SRD(Attributor):
                   layers: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """Native-resolution relevance: ``"input"`` (B, H, W) and each of ``layers`` (B, h, w).
 
-        ``target`` is a class (index, name, ``None`` = top class), or a
-        :class:`~ierf.targets.PFVTarget` / :class:`~ierf.targets.ConceptTarget` /
-        :class:`~ierf.targets.ScalarTarget` / :class:`~ierf.targets.LatentTarget`, whose
-        layer then plays the role of L (its iERF, Eq. 2).
+        ``target`` is a class (index, name, ``None`` = top class), or a PFV-level target
+        (:class:`~ierf.targets.LayerTarget`: :class:`~ierf.PFVTarget`,
+        :class:`~ierf.ConceptTarget`, :class:`~ierf.ScalarTarget`, :class:`~ierf.LatentTarget`
+        or one of your own), whose layer then plays the role of L (its iERF, Eq. 2).
         """
-        pfv_target = isinstance(target, PFV_TARGETS)
-        start = target.layer if pfv_target else self._encoder_layer(self.model.check(x))
-        maps = self._propagate(x, start, layers, [target], need_logits=not pfv_target)
+        layer = target_layer(target)
+        start = layer if layer is not None else self._encoder_layer(self.model.check(x))
+        maps = self._propagate(x, start, layers, [target], need_logits=layer is None)
         return {k: v[0] for k, v in maps.items()}
 
-    def ierfs(self, x: torch.Tensor,
-              targets: Sequence[PFVTarget | ConceptTarget | ScalarTarget | LatentTarget],
+    def ierfs(self, x: torch.Tensor, targets: Sequence[LayerTarget],
               internal_batch_size: int = 16) -> torch.Tensor:
-        """iERFs of many PFVs or concept directions of one layer: (K, B, H, W) input maps.
+        """iERFs of many PFV-level targets of one layer (PFVs, concept directions, SAE
+        latents, …): (K, B, H, W) input maps.
 
         One forward pass, then batched (vmapped) backward passes over chunks of
         ``internal_batch_size`` targets (memory grows with the chunk); this is what the
@@ -206,10 +205,7 @@ class SRD(Attributor):
         """
         if internal_batch_size < 1:
             raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
-        layer = {t.layer for t in targets}
-        if len(layer) != 1:
-            raise IerfError(f"ierfs() takes targets of one layer, got {sorted(layer)}")
-        return self._propagate(x, layer.pop(), [], list(targets), need_logits=False,
+        return self._propagate(x, one_layer(targets), [], list(targets), need_logits=False,
                                chunk=internal_batch_size)["input"]
 
     def _propagate(self, x: torch.Tensor, start: str, layers: Sequence[str],
@@ -267,12 +263,13 @@ class SRD(Attributor):
 
     def _start_relevance(self, t: torch.Tensor, logits: torch.Tensor | None, target: object
                          ) -> torch.Tensor:
-        """Relevance R^L at the start layer, shaped like ``t`` with channels summed (keepdim)."""
+        """Relevance R^L at the start layer, shaped like ``t`` with channels summed (keepdim):
+        gradient × input of a PFV-level target's scalar (Eq. 2), else μ(L→O) (Eq. 5)."""
+        if target_layer(target) is not None:
+            grad = start_gradient(target, t, self.model.num_prefix_tokens, self.model.patch_grid)
+            return position_relevance(t.detach(), grad)
         pf = to_pfvs(t, self.model.num_prefix_tokens, self.model.patch_grid)
-        if isinstance(target, PFV_TARGETS):
-            r = target.relevance(pf.vectors.detach())
-        else:
-            r = self._final_ratios(pf, t, logits, target)
+        r = self._final_ratios(pf, t, logits, target)
         if t.dim() == 4:
             return r.reshape(t.shape[0], 1, *t.shape[2:])
         return torch.cat([torch.zeros_like(t[:, :t.shape[1] - r.shape[1], :1]), r[..., None]], 1)
@@ -281,7 +278,7 @@ class SRD(Attributor):
                       ) -> torch.Tensor:
         """μ(L→O) per PFV (B, N): Eqs. 5–6 and the Table IV variants."""
         if self.final == "ones":
-            resolve_target(target, logits.detach(), self.model.class_names)(logits)  # validates
+            self.score(logits, target)  # validates the target
             return torch.ones(pf.vectors.shape[:2], device=t.device, dtype=t.dtype)
         score = self.score(logits, target)
         grads = [torch.autograd.grad(s.sum(), t, retain_graph=True)[0]
@@ -337,14 +334,15 @@ class SRD(Attributor):
 
     def _biases(self, x: torch.Tensor, start: str,
                 constants: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """``v − b`` at every pre-activation (in call order), then at ``start``.
+        """The bias part b of every pre-activation (in call order), then of ``start``'s output.
 
-        The bias part b of an affine segment is its value when all its sources are zero, so
-        one forward pass with a zero input and every nonlinearity output set to zero gives
-        all of them at once (Eq. 17 with v_i = 0). It does not depend on the image, so it is
-        cached per input size. (Exact for max pooling fed by nonlinearity outputs or by
-        per-channel constants, the layouts of common CNNs.) For a ViT the frozen attention
-        and σ make the biases image-specific: they are replayed and nothing is cached.
+        These are the b_j of Eq. 17 (not ``v − b``): :func:`sharing_denominator` forms
+        ``⟨v − b, v⟩`` from them. The bias part of an affine segment is its value when all its
+        sources are zero, so one forward pass with a zero input and every nonlinearity output
+        set to zero gives all of them at once (Eq. 17 with v_i = 0). It does not depend on the
+        image, so it is cached per input size. (Exact for max pooling fed by nonlinearity
+        outputs or by per-channel constants, the layouts of common CNNs.) For a ViT the frozen
+        attention and σ make the biases image-specific: they are replayed and nothing is cached.
         """
         if constants is not None:
             return self._zero_source_pass(torch.zeros_like(x), start, constants)
