@@ -20,57 +20,12 @@ from tqdm.auto import tqdm
 
 from ierf.atlas.sampling import IerfEngine, atlas_samples
 from ierf.atlas.store import Atlas, ShardWriter, open_atlas, prepare_atlas
-from ierf.data.images import BUNDLED_PHOTOS, image_files, load_image
+from ierf.data.sources import image_ids, load_images, parse_source
 from ierf.errors import IerfError
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 
-BENCHMARK = "benchmark"
-PHOTOS = "photos"
 ENGINES = ("srd", "attnlrp")
-
-
-def resolve_source(images: str | Path, n: int | None = None) -> tuple[str, list[str]]:
-    """The atlas ``source`` string and the image ids of ``images``.
-
-    ``"benchmark"`` or ``"benchmark:<seed>:<split>"`` (the first ``n`` synthetic scenes of
-    that stream; seed 0, split train by default), ``"photos"`` (the bundled photos) or a
-    folder of image files (ids: paths relative to it).
-    """
-    text = str(images)
-    if text == BENCHMARK or text.startswith(BENCHMARK + ":"):
-        from ierf.data.synthetic import SPLITS
-
-        parts = text.split(":")
-        seed, split = (parts[1], parts[2]) if len(parts) == 3 else ("0", "train")
-        if len(parts) not in (1, 3) or not seed.isdigit() or split not in SPLITS:
-            raise IerfError(f"benchmark images are 'benchmark' or 'benchmark:<seed>:<split>' with "
-                            f"split one of {list(SPLITS)}, got {text!r}")
-        if n is None or n < 1:
-            raise IerfError(f"give the number of benchmark images (--n), got {n}")
-        return f"{BENCHMARK}:{int(seed)}:{split}", [str(i) for i in range(n)]
-    if text == PHOTOS:
-        return PHOTOS, list(BUNDLED_PHOTOS[:n] if n else BUNDLED_PHOTOS)
-    folder = Path(images)
-    if not folder.is_dir():
-        raise IerfError(f"--images must be 'benchmark', 'photos' or a folder of images; "
-                        f"{text!r} is none of these")
-    files = image_files(folder)[:n] if n else image_files(folder)
-    return str(folder.resolve()), [p.relative_to(folder).as_posix() for p in files]
-
-
-def load_source_images(source: str, ids: Sequence[str], model: Model) -> torch.Tensor:
-    """(n, 3, H, W) model-ready inputs of the images ``ids`` of ``source``."""
-    if not ids:
-        return torch.zeros(0, *model.input_size)
-    if source.startswith(BENCHMARK + ":"):
-        from ierf.data.synthetic import make_scene, render_without
-
-        _, seed, split = source.split(":")
-        arrays = [render_without(make_scene(int(i), int(seed), split))[0] for i in ids]
-        return torch.cat([model.preprocess(a) for a in arrays])
-    root = None if source == PHOTOS else Path(source)
-    return torch.cat([model.preprocess(load_image(i if root is None else root / i)) for i in ids])
 
 
 def default_engine(model: Model, method: str | None = None) -> IerfEngine:
@@ -96,8 +51,9 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     ----------
     model : the model; ``weights`` says how :meth:`Atlas.model` reloads it: ``"pretrained"``
         or ``"random:<seed>"`` (see :func:`~ierf.atlas.store.load_atlas_model`).
-    images : ``"benchmark"`` / ``"benchmark:<seed>:<split>"``, ``"photos"`` or a folder;
-        ``n`` limits their number (required for the benchmark).
+    images : ``"benchmark"`` / ``"benchmark:<seed>:<split>"`` (seed 0, split train by
+        default), ``"photos"`` or a folder (:mod:`ierf.data.sources`); ``n`` limits their
+        number (required for the benchmark).
     layers : layers to sample (module names), each at or below the encoder layer L.
     samples_per_image : PFVs drawn per image and layer (the paper: 1).
     batch_size : images per forward pass and per shard.
@@ -118,9 +74,10 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     model.net.to(device)
     engine = engine if engine is not None else default_engine(model)
     layers = check_layers(model, engine, layers)
-    source, ids = resolve_source(images, n)
+    source = parse_source(images).resolved()
+    ids = image_ids(source, n)
     rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
-    meta = atlas_meta(model, source, layers, samples_per_image, ierf_downsample, seed, weights,
+    meta = atlas_meta(model, str(source), layers, samples_per_image, ierf_downsample, seed, weights,
                       getattr(engine, "name", type(engine).__name__), len(ids))
     _on_rank0(rank, lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
     with ShardWriter(out, rank) as writer:
@@ -132,7 +89,7 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
         with bar:
             for start in range(0, len(mine), batch_size):
                 batch = mine[start:start + batch_size]
-                x = load_source_images(source, [ids[i] for i in batch], model).to(device)
+                x = load_images(source, [ids[i] for i in batch], model).to(device)
                 writer.write(batch, atlas_samples(model, engine, x, batch, layers,
                                                   samples_per_image, seed, ierf_downsample,
                                                   internal_batch_size))

@@ -13,17 +13,23 @@ Contributions ≤ 0 get probability 0. An image with fewer positive positions th
 
 Draws use one generator per (seed, image, layer), so the sampled positions do not depend on
 the batch, the rank or on resuming.
+
+A batch costs one forward pass for the relevance (whose outputs also give the PFVs and the
+predicted class) and one per layer for the iERFs: an engine's ``ierfs`` takes the targets of
+one layer per call, each with its own forward pass to that layer.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ierf.errors import IerfError
 from ierf.models.model import Model
@@ -111,10 +117,7 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
     "col", "predicted" (n,) int64, "contribution" (n,) float32}}`` on the CPU, samples ordered
     by image, then sample number.
     """
-    logits, traced = model.forward_pfvs(x, layers)
-    pfvs = {n: p.vectors for n, p in traced.items()}
-    predicted = logits.argmax(1)
-    relevance = engine.relevance(x, ClassTarget(predicted), layers=list(layers))
+    predicted, pfvs, relevance = relevance_pass(model, engine, x, layers)
     image_t = torch.as_tensor(list(images), dtype=torch.long)
     out = {}
     for layer in layers:
@@ -140,6 +143,59 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
             "contribution": contribution[dev_b, dev_pos].float().cpu(),
         }
     return out
+
+
+def relevance_pass(model: Model, engine: IerfEngine, x: torch.Tensor, layers: Sequence[str]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The relevance of each image's top class at ``layers``, with that class and the PFVs.
+
+    The predicted class (B,) and the PFVs (B, N, C) of ``layers`` are read off the engine's own
+    forward pass (its last complete pass of the network); an engine that runs none costs one
+    plain forward more.
+
+    Returns
+    -------
+    predicted, ``{layer: PFVs}``, ``{layer: relevance}`` (as the engine returns it).
+    """
+    with complete_pass(model.net, {n: model.module(n) for n in layers}) as passes:
+        relevance = engine.relevance(x, None, layers=list(layers))
+    if passes:
+        logits, outputs = passes[-1]
+        pfvs = {n: to_pfvs(outputs[n], model.num_prefix_tokens, model.patch_grid).vectors.detach()
+                for n in layers}
+    else:
+        logits, traced = model.forward_pfvs(x, layers)
+        pfvs = {n: p.vectors for n, p in traced.items()}
+    return logits.detach().argmax(1), pfvs, relevance
+
+
+@contextmanager
+def complete_pass(net: nn.Module, modules: Mapping[str, nn.Module]
+                  ) -> Iterator[list[tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+    """Record, for each forward pass of ``net`` that completes inside the block, its output
+    and the first output of each named module in that pass (passes stopped early, such as
+    :func:`~ierf.models.hooks.forward_until`'s, are dropped)."""
+    passes: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+    current: dict[str, torch.Tensor] = {}
+
+    def begin(_m: nn.Module, _i: object) -> None:
+        current.clear()
+
+    def record(name: str):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            current.setdefault(name, out)
+        return hook
+
+    def end(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        passes.append((out, dict(current)))
+
+    handles = [net.register_forward_pre_hook(begin), net.register_forward_hook(end),
+               *(m.register_forward_hook(record(n)) for n, m in modules.items())]
+    try:
+        yield passes
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def position_map(model: Model, relevance: torch.Tensor, pfvs: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ PFV–iERF pairs of a layer; iERF of Eq. 10).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sqlite3
@@ -31,9 +30,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ierf import store
+from ierf.data.sources import load_images, parse_source
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
-
 from ierf.models.fingerprint import weights_fingerprint
 
 if TYPE_CHECKING:
@@ -47,10 +47,8 @@ RECORD_KEYS = ("image", "sample", "position", "row", "col", "predicted", "contri
 VOLATILE_META = ("created",)
 #: meta keys that follow from the others (reported only if nothing else differs)
 DERIVED_META = ("grids", "channels", "ierf_size", "n_images")
-BUSY_TIMEOUT_S = 120.0
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, shard TEXT);
 CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, rank INTEGER NOT NULL,
                                    seq INTEGER NOT NULL, n_images INTEGER NOT NULL,
@@ -63,18 +61,35 @@ CREATE TABLE IF NOT EXISTS samples (layer TEXT NOT NULL, image INTEGER NOT NULL,
 
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open the manifest of atlas folder ``path`` (WAL mode, busy timeout for many ranks)."""
-    con = sqlite3.connect(Path(path) / MANIFEST, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    return con
+    return store.connect(Path(path) / MANIFEST, wal=True)
 
 
 def shard_name(rank: int, seq: int) -> str:
     return f"shard-{rank:03d}-{seq:06d}.safetensors"
 
 
-def read_meta(con: sqlite3.Connection) -> dict:
-    return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+class Manifest(store.ResumableStore):
+    """The manifest of one atlas build, created with its meta and image ids, or reopened
+    (then the meta, ``created`` aside, and the image list must be the same)."""
+
+    schema = _SCHEMA
+    wal = True
+    volatile = VOLATILE_META
+    derived = DERIVED_META
+    holds = "an atlas of a different build"
+    hint = "to keep it there, give a new folder with --out, or pass --overwrite to replace it"
+
+    def __init__(self, path: str | Path, meta: dict, image_ids: Sequence[str]) -> None:
+        self.image_ids = list(image_ids)
+        super().__init__(Path(path) / MANIFEST, meta)
+
+    def _create(self) -> None:
+        self.con.executemany("INSERT INTO images VALUES (?, ?, NULL)", enumerate(self.image_ids))
+
+    def _differences(self, stored: dict, wanted: dict) -> list[str]:
+        ids = [i for (i,) in self.con.execute("SELECT id FROM images ORDER BY idx")]
+        return (super()._differences(stored, wanted)
+                + ([] if ids == self.image_ids else ["the image list differs"]))
 
 
 def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
@@ -87,10 +102,11 @@ def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
 
     Raises
     ------
-    IerfError : ``path`` holds an atlas with different meta (model, layers, samples, …) and
-        ``overwrite`` is false, or ``path`` is a file / a non-empty folder that is no atlas.
+    ConfigMismatchError : ``path`` holds an atlas with different meta (model, layers,
+        samples, …) or images, and ``overwrite`` is false.
+    IerfError : ``path`` is a file or a non-empty folder that is no atlas.
     """
-    path, meta = Path(path), json.loads(json.dumps(meta))  # compared as stored: JSON values
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise IerfError(f"{str(path)!r} is a file; give a folder for the atlas (--out)")
     if overwrite and path.is_dir():
@@ -99,41 +115,13 @@ def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
             p for p in path.iterdir() if not SHARD_RE.match(p.name)):
         raise IerfError(f"{str(path)!r} is a non-empty folder without an atlas manifest; "
                         "give a new folder with --out")
-    path.mkdir(parents=True, exist_ok=True)
-    con = connect(path)
-    try:
-        con.executescript(_SCHEMA)
-        con.execute("BEGIN IMMEDIATE")
-        old = read_meta(con)
-        if old:
-            _check_same_build(path, old, meta, image_ids, con)
-        else:
-            con.executemany("INSERT INTO meta VALUES (?, ?)",
-                            [(k, json.dumps(v)) for k, v in meta.items()])
-            con.executemany("INSERT INTO images VALUES (?, ?, NULL)", enumerate(image_ids))
-        con.execute("COMMIT")
-        committed = {n for (n,) in con.execute("SELECT name FROM shards")}
+    with Manifest(path, meta, image_ids) as manifest:
+        committed = {n for (n,) in manifest.con.execute("SELECT name FROM shards")}
         for p in path.iterdir():
             if SHARD_RE.match(p.name) and p.name not in committed:
                 p.unlink()
-        return con.execute("SELECT COUNT(*) FROM images WHERE shard IS NOT NULL").fetchone()[0]
-    finally:
-        con.close()
-
-
-def _check_same_build(path: Path, old: dict, meta: dict, image_ids: Sequence[str],
-                      con: sqlite3.Connection) -> None:
-    diff = sorted(k for k in {*old, *meta} - set(VOLATILE_META) if old.get(k) != meta.get(k))
-    ids = [i for (i,) in con.execute("SELECT id FROM images ORDER BY idx")]
-    if ids != list(image_ids):
-        diff.append("images")
-    if diff:
-        con.execute("ROLLBACK")
-        diff = [k for k in diff if k not in DERIVED_META] or diff
-        shown = "; ".join(f"{k}: {old.get(k)!r} there, {meta.get(k)!r} now" for k in diff
-                          if k != "images") or "the image list differs"
-        raise IerfError(f"{str(path)!r} holds an atlas of a different build ({shown}); "
-                        "give a new folder with --out, or pass --overwrite to replace it")
+        return manifest.con.execute(
+            "SELECT COUNT(*) FROM images WHERE shard IS NOT NULL").fetchone()[0]
 
 
 def _remove_atlas_files(path: Path) -> None:
@@ -185,17 +173,11 @@ class ShardWriter:
         """One transaction: the shard, its images marked done, its samples indexed."""
         rows = [(layer, img, s, name, r) for layer, d in layers.items()
                 for r, (img, s) in enumerate(zip(d["image"].tolist(), d["sample"].tolist()))]
-        con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with store.transaction(self._con) as con:
             con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?)",
                         (name, self.rank, self._seq, len(images), len(rows)))
             con.executemany("UPDATE images SET shard = ? WHERE idx = ?", [(name, i) for i in images])
             con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self._con.close()
@@ -257,7 +239,7 @@ class Atlas:
         self.path = Path(path)
         con = connect(self.path)
         try:
-            self.meta = read_meta(con)
+            self.meta = store.read_settings(con)
             rows = con.execute("SELECT id, shard FROM images ORDER BY idx").fetchall()
             self._index = {layer: con.execute(
                 "SELECT shard, row FROM samples WHERE layer = ? ORDER BY image, sample",
@@ -301,11 +283,9 @@ class Atlas:
 
     def load_images(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """(n, 3, H, W) model-ready inputs of the images at ``index``."""
-        from ierf.atlas.build import load_source_images
-
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
         ids = [self.images[i] for i in index]
-        return load_source_images(self.meta["source"], ids, self.model())
+        return load_images(parse_source(self.meta["source"]), ids, self.model())
 
     def model(self) -> Model:
         """The model the atlas was built with: its offline weights, or the same random

@@ -1,6 +1,6 @@
 """Benchmark datasets: model-ready batches with ground-truth masks (Sec. IV-B, Table I).
 
-- ``synthetic``: the synthetic benchmark's test split; mask = the class-determining parts,
+- ``synthetic``: the synthetic benchmark's test split (or ``synthetic:<seed>:<split>``); mask = the class-determining parts,
   target = the label (stands in for ImageNet-S50's object masks).
 - ``photos``: 2×2 grids of bundled photos the model classifies confidently, each of a
   different class; target = one cell's class, mask = that cell (grid pointing game).
@@ -19,9 +19,12 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ierf.data.images import IMAGE_SUFFIXES, image_files
+from ierf.data.sources import BENCHMARK, PHOTOS, parse_source
 from ierf.errors import IerfError
 from ierf.models.model import Model, image_to_tensor
 
+#: what ``ierf bench`` calls the synthetic benchmark (``--data synthetic``)
+SYNTHETIC = "synthetic"
 #: scikit-image photos tried for the grids (``stereo_motorcycle`` is its left view)
 PHOTO_CANDIDATES = ("astronaut", "camera", "chelsea", "clock", "coffee", "coins", "horse", "moon",
                     "rocket", "stereo_motorcycle", "logo", "page", "checkerboard", "colorwheel",
@@ -67,18 +70,19 @@ def prepare(model: Model, images: torch.Tensor, masks: torch.Tensor
 
 
 class SyntheticData(BenchData):
-    """The synthetic benchmark's test split (``ierf.data.synthetic.generate(n, seed, "test")``).
+    """The synthetic benchmark (``ierf.data.synthetic.generate(n, seed, split)``, by default
+    its test split).
 
     Target = the label, mask = ``parts_mask`` (the two key parts that decide the class).
     """
 
-    def __init__(self, model: Model, n: int, seed: int = 0) -> None:
+    def __init__(self, model: Model, n: int, seed: int = 0, split: str = "test") -> None:
         from ierf.data.synthetic import CLASS_NAMES, generate
 
         if model.class_names != list(CLASS_NAMES):
             raise IerfError(f"model {model.name!r} is not trained on the synthetic benchmark; use "
                             "a toy model (toy-resnet, toy-vgg, toy-vit, toy-resnet-<activation>)")
-        data = generate(n, seed, "test")
+        data = generate(n, seed, split)
         self.x, self.mask = prepare(model, data.images, data.parts_mask)
         self.y, self.seed = data.labels, seed
 
@@ -246,12 +250,16 @@ class FolderData(BenchData):
 
 
 def load_data(kind: str, model: Model, n: int, seed: int = 0) -> BenchData:
-    """``"synthetic"``, ``"photos"`` or a folder path (see :class:`FolderData`)."""
-    if kind == "synthetic":
-        return SyntheticData(model, n, seed)
-    if kind == "photos":
+    """``"synthetic"`` (or ``"synthetic:<seed>:<split>"``; by default the test split drawn
+    with ``seed``), ``"photos"`` or a folder path (see :class:`FolderData`); the grammar of
+    :mod:`ierf.data.sources`."""
+    source = parse_source(kind, benchmark=SYNTHETIC)
+    if source.kind == BENCHMARK:
+        source = source.resolved(seed, "test")
+        return SyntheticData(model, n, source.seed, source.split)
+    if source.kind == PHOTOS:
         return PhotoGrids(model, n, seed)
-    if not Path(kind).exists():
+    if not source.folder.exists():
         raise IerfError(f"--data {kind!r}: use 'synthetic', 'photos' or an existing folder of "
                         "images/ and masks/")
-    return FolderData(model, kind, n)
+    return FolderData(model, source.folder, n)

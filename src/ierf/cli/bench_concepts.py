@@ -42,18 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run)
 
 
-def benchmark_label_maps(source: str, ids: list[str], key: str):
-    """(n, H, W) int64 ground-truth label maps ``key`` of the benchmark scenes ``ids``."""
-    import numpy as np
-    import torch
-
-    from ierf.data.synthetic import make_scene, render_without
-
-    _, seed, split = source.split(":")
-    maps = [render_without(make_scene(int(i), int(seed), split))[1][key] for i in ids]
-    return torch.from_numpy(np.stack(maps).astype(np.int64))
-
-
 def score_method(atlas, model, layer: str, method: str, args: argparse.Namespace,
                  x, label_maps) -> dict:
     """One row of the table: fit ``method`` on ``layer`` as a concept basis, then score it."""
@@ -114,9 +102,11 @@ def _run(args: argparse.Namespace) -> int:
     model.net.to(args.device)
     torch.manual_seed(args.seed)
     x = atlas.load_images(list(range(min(args.images, len(atlas.images))))).to(args.device)
-    source = atlas.meta["source"]
+    from ierf.data.sources import BENCHMARK, benchmark_label_maps, parse_source
+
+    source = parse_source(atlas.meta["source"])
     label_maps = None
-    if source.startswith("benchmark:"):
+    if source.kind == BENCHMARK:
         image = atlas.records(args.layer)["image"].tolist()
         label_maps = benchmark_label_maps(source, [atlas.images[i] for i in image], "part")
     rows = []

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--model", help="model (default: toy-resnet on synthetic data, "
                     "efficientnet_lite0 otherwise)")
     lo.add_argument("--data", default="synthetic",
-                    help="synthetic (ground-truth part masks), photos (grid pointing game on "
+                    help="synthetic or synthetic:<seed>:<split> (ground-truth part masks; "
+                    "default: the test split drawn with --seed), photos (grid pointing game on "
                     "bundled photos), or a folder DIR with DIR/images/ and DIR/masks/")
     lo.add_argument("--methods", help="comma-separated methods (default: the table's methods; "
                     "see `ierf methods`)")
@@ -82,18 +83,21 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from ierf.bench.data import load_data
+    from ierf.bench.data import SYNTHETIC, load_data
     from ierf.bench.run import load_datasets, run
     from ierf.bench.store import ResultStore
     from ierf.bench.suites import default_model, plan
+    from ierf.data.sources import BENCHMARK, parse_source
 
     n, batch = _sizes(args)
-    model = args.model or default_model(args.data)
-    p = plan(args.table, model, args.data, _methods(args.methods), _load(model).input_size[-1],
+    source = parse_source(args.data, benchmark=SYNTHETIC)
+    data = SYNTHETIC if source.kind == BENCHMARK else args.data  # the tables' vocabulary
+    model = args.model or default_model(data)
+    p = plan(args.table, model, data, _methods(args.methods), _load(model).input_size[-1],
              args.quick)
-    data_key = args.data if args.data in ("synthetic", "photos") else str(Path(args.data).resolve())
-    config = {"table": args.table, "data": data_key, "n": n, "batch_size": batch,
-              "seed": args.seed, "metrics": {k: repr(m) for k, m in p.metrics.items()}}
+    config = {"table": args.table, "data": str(source.resolved(args.seed, "test")), "n": n,
+              "batch_size": batch, "seed": args.seed,
+              "metrics": {k: repr(m) for k, m in p.metrics.items()}}
     out = Path(args.out or f"ierf-bench-{args.table}")
     models = load_datasets(p.jobs, _load, lambda m: load_data(args.data, m, n, args.seed),
                            args.device)
