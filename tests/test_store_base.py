@@ -9,8 +9,15 @@ import torch
 
 import ierf
 from ierf.atlas.sampling import atlas_samples
-from ierf.data.sources import (BENCHMARK, FOLDER, PHOTOS, benchmark_label_maps, image_ids,
-                               load_images, parse_source)
+from ierf.data.sources import (
+    BENCHMARK,
+    FOLDER,
+    PHOTOS,
+    benchmark_label_maps,
+    image_ids,
+    load_images,
+    parse_source,
+)
 from ierf.store import ConfigMismatchError, ResumableStore, differences, transaction
 
 
@@ -24,9 +31,8 @@ class Notes(ResumableStore):
 
 def test_settings_are_fixed_at_creation_and_checked_on_reopen(tmp_path):
     path = tmp_path / "sub" / "notes.sqlite"
-    with Notes(path, {"a": (1, 2), "created": "then"}) as s:
-        with transaction(s.con):
-            s.con.execute("INSERT INTO notes VALUES ('kept')")
+    with Notes(path, {"a": (1, 2), "created": "then"}) as s, transaction(s.con):
+        s.con.execute("INSERT INTO notes VALUES ('kept')")
     with Notes(path, {"a": [1, 2], "created": "now"}) as s:  # tuples compare as stored
         assert s.settings == {"a": [1, 2], "created": "then"}
     with pytest.raises(ConfigMismatchError, match=r"holds notes of another run \(a: stored "

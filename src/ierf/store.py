@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
+from typing_extensions import Self
+
 from ierf.errors import IerfError
 
 #: seconds a writer waits for another one's transaction (many ranks commit to one file)
@@ -141,7 +143,7 @@ class ResumableStore:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self: S) -> S:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 from ierf.errors import IerfError
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
-from ierf.targets import ClassTarget, PFVTarget
+from ierf.targets import PFVTarget
 
 
 class IerfEngine(Protocol):
