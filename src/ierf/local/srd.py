@@ -41,6 +41,8 @@ from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 from ierf.targets import LayerTarget, one_layer, start_gradient, target_layer
 
+#: start layers × input sizes whose biases are kept (an atlas alternates its layers)
+BIAS_CACHE_SIZE = 8
 FINAL_RATIOS = ("clamped-mean", "mean", "raw", "ones")
 BIAS_RULES = ("proportional", "absorb")
 
@@ -156,7 +158,7 @@ class SRD(Attributor):
         self._high = high_layer
         self.final, self.bias, self.eps = final, bias, eps
         self.create_graph = create_graph
-        self._bias_cache: dict[str, object] = {}
+        self._bias_cache: dict[tuple, list[torch.Tensor]] = {}
 
     def _encoder_layer(self, x: torch.Tensor) -> str:
         """L, found on the first input for a wrapped ``nn.Module`` of unknown input size."""
@@ -340,7 +342,7 @@ class SRD(Attributor):
         ``⟨v − b, v⟩`` from them. The bias part of an affine segment is its value when all its
         sources are zero, so one forward pass with a zero input and every nonlinearity output
         set to zero gives all of them at once (Eq. 17 with v_i = 0). It does not depend on the
-        image, so it is cached per input size. (Exact for max pooling fed by nonlinearity
+        image, so it is cached per start layer and input size. (Exact for max pooling fed by nonlinearity
         outputs or by per-channel constants, the layouts of common CNNs.) For a ViT the frozen
         attention and σ make the biases image-specific: they are replayed and nothing is cached.
         """
@@ -348,10 +350,11 @@ class SRD(Attributor):
             return self._zero_source_pass(torch.zeros_like(x), start, constants)
         key = (start, tuple(x.shape[1:]), x.device, x.dtype,
                sum(p._version for p in self.model.net.parameters()))
-        if self._bias_cache.get("key") != key:
-            self._bias_cache = {"key": key,
-                                "biases": self._zero_source_pass(torch.zeros_like(x[:1]), start)}
-        return self._bias_cache["biases"]
+        if key not in self._bias_cache:
+            if len(self._bias_cache) >= BIAS_CACHE_SIZE:   # e.g. weights changed: start anew
+                self._bias_cache.clear()
+            self._bias_cache[key] = self._zero_source_pass(torch.zeros_like(x[:1]), start)
+        return self._bias_cache[key]
 
     def _zero_source_pass(self, zeros: torch.Tensor, start: str,
                           constants: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
