@@ -3,7 +3,7 @@
     python benchmarks/bench_atlas.py [--n 500] [--c 64] [--k 512] [--alpha 0.002]
                                      [--clusters 64] [--tol 1e-4] [--device cpu]
 
-1. Lasso (IERF Eq. 12): :func:`ierf.concepts.decompose` (batched FISTA, all rows at once) vs
+1. Lasso (IERF Eq. 12): :func:`ierf.concepts.decompose` (working-set homotopy, all rows at once) vs
    ``sklearn.linear_model.Lasso(alpha, fit_intercept=False, tol)`` fitted row by row, on
    PFVs that are sparse combinations of a random unit-norm dictionary plus noise. Reports
    time, ratio to scikit-learn, relative objective gap (ours − sklearn) / sklearn (mean and
@@ -70,7 +70,7 @@ def bench_lasso(X: torch.Tensor, V: torch.Tensor, alpha: float, tol: float,
             return U
         t, U = timed(run, 3)
         gap = (lasso_objective(Xd, Vd, U.cpu().double(), alpha) - f_sk) / f_sk
-        rows.append(f"| ierf decompose, batched FISTA ({str(dtype)[6:]}, {device}) | {t:.3f} | "
+        rows.append(f"| ierf decompose, working-set homotopy ({str(dtype)[6:]}, {device}) | {t:.3f} | "
                     f"{t / sk_time:.3f} | {gap.mean():+.1e} | {gap.max():+.1e} | "
                     f"{l0_ratio(U).mean():.4f} |")
     return rows

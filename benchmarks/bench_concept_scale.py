@@ -75,7 +75,7 @@ def main() -> None:
     print(f"| Lasso step size σ_max(V)² (once per dictionary) | {lipschitz:.1f} s | — | "
           f"{peak_mb(device):.0f} |", flush=True)
     start = time.perf_counter()
-    decompose(rows, V, alpha=1e-3, max_iter=args.lasso_iters, tol=0.0)
+    decompose(rows, V, alpha=1e-3, max_iter=args.lasso_iters, tol=0.0, solver="fista")
     sync(device)
     per_iter = (time.perf_counter() - start - lipschitz) / args.lasso_iters
     print(f"| Lasso FISTA, {args.lasso_rows} rows | {per_iter:.3f} s/iteration | "

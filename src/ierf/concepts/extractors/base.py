@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from typing_extensions import Self
 
 from ierf.errors import IerfError
 from ierf.io import atomic_path
@@ -103,7 +104,7 @@ class ConceptExtractor(ABC):
             Path(tmp).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls: type[E], path: str | Path, device: str | torch.device = "cpu") -> E:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Self:
         """Rebuild an extractor saved by :meth:`save`.
 
         Called on :class:`ConceptExtractor` itself it returns whichever extractor was saved;

@@ -12,7 +12,6 @@ PFVs are then decomposed over the concepts by Lasso (GIG Eq. 2 / IERF Eq. 12) an
 
 from __future__ import annotations
 
-import heapq
 from typing import Any, Literal
 
 import torch
@@ -28,48 +27,74 @@ from ierf.concepts.extractors.base import (
 from ierf.errors import IerfError
 
 
-def spherical_two_means(Z: torch.Tensor, *, n_init: int, max_iter: int,
-                        generator: torch.Generator) -> torch.Tensor:
-    """Split unit rows ``Z (M, C)``, ``M ≥ 2``, by spherical 2-means (GIG App. B, step 2).
+def spherical_two_means(Z: torch.Tensor, segment: torch.Tensor, n_segments: int, *,
+                        n_init: int, max_iter: int, generator: torch.Generator) -> torch.Tensor:
+    """Split every segment of unit rows ``Z (M, C)`` by spherical 2-means (GIG App. B, step 2).
 
-    All ``n_init`` restarts run batched; each seeds its two centroids with two distinct
-    random rows and alternates cosine assignment / normalised-sum centroid updates until the
-    assignment stops changing (or ``max_iter``). The restart with the highest total cosine
+    ``segment (M,)`` (sorted, every segment of ``≥ 2`` rows) says which cluster each row
+    belongs to; all clusters and all ``n_init`` restarts run batched. Each restart seeds its
+    two centroids with two distinct random rows of the cluster and alternates cosine
+    assignment (``z·c₁ > z·c₀``) and normalised-sum centroid updates until no assignment
+    changes (or ``max_iter``). Per cluster, the restart with the highest total cosine
     similarity to its centroids (lowest spherical inertia) wins.
 
     Returns
     -------
-    (M,) bool: ``True`` for the rows of the second half. Both halves are non-empty.
+    (M,) bool: ``True`` for the rows of the second half. Both halves of every cluster are
+    non-empty.
     """
-    m = Z.shape[0]
-    first = torch.randint(m, (n_init,), generator=generator)
-    second = (first + torch.randint(1, m, (n_init,), generator=generator)) % m
-    centroids = Z[torch.stack([first, second], 1).to(Z.device)]          # (R, 2, C)
-    assign = None
-    for _ in range(max_iter):
-        new_assign = (Z @ centroids.transpose(1, 2)).argmax(-1)        # (R, M)
-        onehot = F.one_hot(new_assign, 2).to(Z.dtype)                   # (R, M, 2)
-        sums = onehot.transpose(1, 2) @ Z                               # (R, 2, C)
-        empty = onehot.sum(1) == 0                                      # (R, 2)
-        centroids = torch.where(empty[..., None], centroids, F.normalize(sums, dim=-1))
-        if assign is not None and torch.equal(assign, new_assign):
+    m, c = Z.shape
+    sizes = torch.bincount(segment, minlength=n_segments)
+    starts = torch.cumsum(sizes, 0) - sizes
+    position = torch.arange(m, device=Z.device) - starts[segment]
+    padded = Z.new_zeros(n_segments, int(sizes.max()), c)               # (S, L, C)
+    padded[segment, position] = Z
+    valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=Z.device)
+    valid[segment, position] = True
+    total = padded.sum(1, keepdim=True)                                 # (S, 1, C)
+    size_cpu = sizes.cpu()[:, None]
+    first = (torch.rand(n_segments, n_init, generator=generator) * size_cpu).long()
+    rows = torch.arange(n_segments, device=Z.device)[:, None]
+    seed = padded[rows, first.to(Z.device)]                              # (S, R, C)
+    # k-means++ second seed: drawn with probability ∝ 1 − cos to the first (Arthur & Vassilvitskii)
+    weight = ((1 - padded @ seed.transpose(1, 2)).clamp_min(0) * valid[..., None]).transpose(1, 2)
+    weight = torch.where(weight.sum(-1, keepdim=True) > 0, weight, valid[:, None].to(Z.dtype))
+    draw = torch.rand(weight.shape[:2], generator=generator).to(Z.device)
+    second = torch.searchsorted(weight.cumsum(-1), (draw * weight.sum(-1))[..., None]).squeeze(-1)
+    centroids = torch.stack([seed, padded[rows, second.clamp_max(padded.shape[1] - 1)]], 2)
+    assign = torch.zeros(*padded.shape[:2], n_init, dtype=torch.bool, device=Z.device)
+    score = Z.new_zeros(n_segments, n_init)
+    live = torch.arange(n_segments, device=Z.device)   # segments whose assignment still moves
+    x, ok, tot, a = padded, valid[..., None], total, assign
+    for step in range(max_iter):
+        delta = centroids[:, :, 1] - centroids[:, :, 0]                  # (S, R, C)
+        new = (x @ delta.transpose(1, 2) > 0) & ok                         # (S, L, R)
+        ones = new.transpose(1, 2).to(Z.dtype) @ x                        # (S, R, C)
+        sums = torch.stack([tot - ones, ones], 2)                         # (S, R, 2, C)
+        norms = sums.norm(dim=-1, keepdim=True)
+        centroids = torch.where(norms > 0, sums / norms.clamp_min(1e-30), centroids)
+        assign[live], score[live] = new, norms.squeeze(-1).sum(-1)
+        moving = (new != a).flatten(1).any(1) | (step == 0)
+        live, x, ok, tot, a, centroids = (t[moving] for t in (live, x, ok, tot, new, centroids))
+        if not len(live):
             break
-        assign = new_assign
-    score = sums.norm(dim=-1).sum(-1)        # Σ_i cos(z_i, c_{k(i)}) for normalised-sum c_k
-    split = assign[score.argmax()].bool()
-    if split.all() or not split.any():       # only when rows coincide: split one off
-        split = torch.zeros_like(split)
-        split[0] = True
-    return split
+    best = score.argmax(1)                        # Σ_i cos(z_i, c_k(i)) for normalised sums
+    split = assign[segment, position, best[segment]]
+    second_size = torch.zeros_like(sizes).index_add_(0, segment, split.long())
+    lone = (second_size == 0) | (second_size == sizes)   # rows coincide: split one row off
+    return torch.where(lone[segment], position == 0, split)
 
 
 def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int = 3,
                                max_iter: int = 100, seed: int = 0) -> torch.Tensor:
     """Cluster labels of unit rows ``Z (N, C)`` by bisecting spherical k-means (GIG App. B).
 
-    Always bisects the cluster with the most members (ties: lowest label) with
-    :func:`spherical_two_means`; the second half gets the next free label. Deterministic
-    given ``seed`` (restart seeds are drawn on the CPU).
+    Bisects the largest clusters first, in batches: each round splits, all at once with
+    :func:`spherical_two_means`, the largest clusters whose size is at least half the size
+    of the largest one (at most the number of labels still to give), so the order of GIG's
+    "split the largest cluster" is kept up to a factor two in size. The second half of each
+    split gets the next free label. Deterministic given ``seed`` (restart seeds are drawn on
+    the CPU).
 
     Returns
     -------
@@ -80,15 +105,22 @@ def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int 
         raise IerfError(f"need 1 <= n_clusters <= number of PFVs ({n}), got {n_clusters}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.zeros(n, dtype=torch.long, device=Z.device)
-    heap = [(-n, 0)]  # (−size, label): the largest cluster, lowest label first
-    for new in range(1, n_clusters):
-        size, largest = heapq.heappop(heap)
-        members = (labels == largest).nonzero().squeeze(1)
-        moved = members[spherical_two_means(Z[members], n_init=n_init, max_iter=max_iter,
-                                            generator=generator)]
-        labels[moved] = new
-        heapq.heappush(heap, (size + len(moved), largest))
-        heapq.heappush(heap, (-len(moved), new))
+    k = 1
+    while k < n_clusters:
+        sizes = torch.bincount(labels, minlength=k)
+        order = torch.argsort(sizes, descending=True, stable=True)
+        ranked = sizes[order]
+        chosen = order[:int(((ranked * 2 >= ranked[0]) & (ranked > 1)).sum().clamp(
+            1, n_clusters - k))]
+        rank = torch.full((k,), -1, dtype=torch.long, device=Z.device)
+        rank[chosen] = torch.arange(len(chosen), device=Z.device)
+        members = (rank[labels] >= 0).nonzero().squeeze(1)
+        members = members[torch.argsort(rank[labels[members]], stable=True)]
+        segment = rank[labels[members]]
+        split = spherical_two_means(Z[members], segment, len(chosen), n_init=n_init,
+                                    max_iter=max_iter, generator=generator)
+        labels[members[split]] = k + segment[split]
+        k += len(chosen)
     return labels
 
 
