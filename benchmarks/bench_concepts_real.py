@@ -111,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")                 # sklearn convergence warnings
     if args.cache and args.cache.exists():
-        X, held_out = torch.load(args.cache)
+        X, held_out = torch.load(args.cache, weights_only=True)
     else:
         X, held_out = augmented_pfvs(args.crops, seed=0), augmented_pfvs(2, seed=1)
         if args.cache:
