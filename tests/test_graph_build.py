@@ -136,8 +136,8 @@ def assert_same(g: ConceptGraph, h: ConceptGraph) -> None:
 def test_json_round_trip_and_schema(setup, tmp_path) -> None:
     g = setup["graph"]
     for graph in (g, g.prune(2, 1, 2)):
-        path = to_json(graph, tmp_path / "graph.json",
-                       thumbnails={f"{A}:0": ["cards/layer2_0.png"]})
+        first = graph.node_ids(A)[0]                      # a concept the (pruned) graph keeps
+        path = to_json(graph, tmp_path / "graph.json", thumbnails={first: ["cards/first.png"]})
         assert_same(graph, from_json(path))
     data = json.loads((tmp_path / "graph.json").read_text())
     assert {"metadata", "qParams", "nodes", "links"} <= set(data)
@@ -150,7 +150,8 @@ def test_json_round_trip_and_schema(setup, tmp_path) -> None:
         assert n["feature_type"] == FEATURE_TYPES[n["kind"]]
     assert {n["kind"] for n in data["nodes"]} == {"concept", "error", "class"}
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
-    assert data["nodes"][0]["thumbnails"] == ["cards/layer2_0.png"]
+    with_thumbnails = [n["node_id"] for n in data["nodes"] if "thumbnails" in n]
+    assert with_thumbnails == [first] and data["nodes"][0]["thumbnails"] == ["cards/first.png"]
 
 
 def test_bad_files_are_refused(setup, tmp_path) -> None:

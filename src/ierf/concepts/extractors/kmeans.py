@@ -40,8 +40,8 @@ def spherical_two_means(Z: torch.Tensor, segment: torch.Tensor, n_segments: int,
 
     Returns
     -------
-    (M,) bool: ``True`` for the rows of the second half. Both halves of every cluster are
-    non-empty.
+    (M,) bool: ``True`` for the rows of the second half (the half without the cluster's
+    first row). Both halves of every cluster are non-empty.
     """
     m, c = Z.shape
     sizes = torch.bincount(segment, minlength=n_segments)
@@ -80,6 +80,10 @@ def spherical_two_means(Z: torch.Tensor, segment: torch.Tensor, n_segments: int,
             break
     best = score.argmax(1)                        # Σ_i cos(z_i, c_k(i)) for normalised sums
     split = assign[segment, position, best[segment]]
+    # orient every split so that the cluster's first row stays in the first half: restarts
+    # that found the same partition with the halves swapped (equal scores up to rounding,
+    # which depends on the BLAS path) then give the same labels
+    split = split ^ split[starts][segment]
     second_size = torch.zeros_like(sizes).index_add_(0, segment, split.long())
     lone = (second_size == 0) | (second_size == sizes)   # rows coincide: split one row off
     return torch.where(lone[segment], position == 0, split)
