@@ -58,8 +58,8 @@ def bench_lasso(X: torch.Tensor, V: torch.Tensor, alpha: float, tol: float,
         Lasso(alpha=alpha, fit_intercept=False, tol=tol, max_iter=10_000)
         .fit(Vd.numpy(), x).coef_ for x in Xd.numpy()])), 1)
     f_sk = lasso_objective(Xd, Vd, U_sk, alpha)
-    rows = [f"| sklearn Lasso, row loop (float64) | {sk_time:.3f} | 1.00 | 0 | 0 | "
-            f"{l0_ratio(U_sk).mean():.4f} |"]
+    rows = [(f"| sklearn Lasso, row loop (float64) | {sk_time:.3f} | 1.00 | 0 | 0 | "
+             f"{l0_ratio(U_sk).mean():.4f} |")]
     for dtype in (torch.float64, torch.float32):
         Xt, Vt = X.to(device, dtype), V.to(device, dtype)
 
