@@ -70,3 +70,20 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     for written in (out, out.with_suffix(".safetensors")):  # safetensors recreates its file
         assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_help_needs_no_torch_and_names_every_concept_method() -> None:
+    # `ierf --help` and every subcommand's help start without importing torch (lazy imports)
+    code = ("import sys; from ierf.cli import _parser; p = _parser(); "
+            "p.parse_args(['concepts', 'fit', 'a', '--layer', 'l']); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    import ierf
+    from ierf.cli.concepts import METHOD_NAMES
+    from ierf.concepts.fitting import METHODS
+
+    assert METHOD_NAMES == tuple(METHODS)
+    assert sorted(ierf.__all__) == sorted(ierf._EXPORTS)
+    assert all(getattr(ierf, name) is not None for name in ierf.__all__)

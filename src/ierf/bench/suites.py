@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ierf.bench import KINDS
 from ierf.bench.run import Job, Outcome, mean_se
 from ierf.bench.tables import Table
 from ierf.errors import IerfError
 from ierf.metrics import metric
 from ierf.metrics.base import Metric
 
-KINDS = ("main", "activations", "srd-ablation")
 #: Table I's methods (registry names), in the paper's order
 MAIN_METHODS = ("saliency", "guided-backprop", "grad-x-input", "integrated-gradients",
                 "lrp-zplus", "smoothgrad", "fullgrad", "gradcam", "gradcam++", "scorecam",

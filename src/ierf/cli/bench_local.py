@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``local`` and ``attack`` to the ``ierf bench`` group."""
-    from ierf.bench.suites import KINDS
+    from ierf.bench import KINDS
 
     lo = sub.add_parser("local", help="score attribution methods: Poi./Att./Spa./Fid./Sta. "
                         "tables (paper Tables I, II, IV)")

@@ -7,17 +7,18 @@ from pathlib import Path
 
 from ierf.errors import IerfError
 
+#: the names of :data:`ierf.concepts.fitting.METHODS`, here so that ``--help`` needs no torch
+METHOD_NAMES = ("kmeans", "dictionary", "sae", "topk-sae", "matryoshka-sae", "bias-free-topk-sae")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``concepts`` group with its ``fit`` and ``cards`` subcommands."""
-    from ierf.concepts.fitting import METHODS
-
     c = sub.add_parser("concepts", help="fit concept dictionaries on an atlas and draw them")
     csub = c.add_subparsers(required=True, metavar="ACTION")
     f = csub.add_parser("fit", help="fit a concept extractor on one layer of an atlas")
     f.add_argument("atlas", help="atlas folder (from `ierf atlas build`)")
     f.add_argument("--layer", required=True, help="atlas layer whose PFVs to fit")
-    f.add_argument("--method", default="kmeans", choices=list(METHODS),
+    f.add_argument("--method", default="kmeans", choices=METHOD_NAMES,
                    help="extractor (default kmeans: bisecting spherical k-means, GIG App. B)")
     f.add_argument("--n-concepts", type=int, help="number of concepts K (default 8 × channels)")
     f.add_argument("--no-center", action="store_true",

@@ -10,7 +10,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the explain and listing subcommands."""
-    from ierf.local.registry import DEFAULT_METHOD
+    from ierf.local import DEFAULT_METHOD
 
     e = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
     e.add_argument("image", help="image file, or a bundled photo: chelsea, coffee, camera, ...")

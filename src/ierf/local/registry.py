@@ -27,7 +27,6 @@ METHODS: Registry[type[Attributor]] = Registry("method", {
                               GradientXInput, IntegratedGradients, SmoothGrad, LRPZPlus, AttnLRP,
                               RawAttention, Rollout, TransMM, GatedTransMM, *CAMS)
 })
-DEFAULT_METHOD = "srd"
 
 
 def methods() -> list[str]:
