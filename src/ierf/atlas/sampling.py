@@ -183,7 +183,8 @@ def complete_pass(net: nn.Module, modules: Mapping[str, nn.Module]
 
     def record(name: str):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            current.setdefault(name, out)
+            if name not in current:   # a copy: later in-place ops must not change the PFVs
+                current[name] = out.detach().clone()
         return hook
 
     def end(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
