@@ -99,21 +99,13 @@ def prepare(sub: Subnetwork, basis_a: ConceptBasis, basis_b: ConceptBasis | None
         _check_basis(sub, basis_b, sub.b)
     with torch.no_grad():
         X_a, prefix = _source(sub, inputs)
-        if X_a.shape[-1] != basis_a.n_channels:
-            raise BasisMismatchError(f"layer {sub.a!r} has {X_a.shape[-1]} channels, the "
-                                     f"basis has {basis_a.n_channels}-channel concepts")
-        U_a = basis_a.encode(X_a) if U_a is None else U_a.to(X_a)
-        _check_shape("U_a", U_a, (*X_a.shape[:2], basis_a.n_concepts))
+        U_a = _coefficients("U_a", basis_a, X_a, U_a, sub.a)
         V_a, x0_a = affine_decoder(basis_a, U_a)
         if basis_b is None:
             n_targets = sub(X_a[:1], None if prefix is None else prefix[:1]).shape[-1]
             return LayerPair(sub, U_a, V_a, x0_a, prefix, None, None, None, n_targets)
         X_b = sub(X_a, prefix)
-        if X_b.shape[-1] != basis_b.n_channels:
-            raise BasisMismatchError(f"layer {sub.b!r} has {X_b.shape[-1]} channels, the "
-                                     f"basis has {basis_b.n_channels}-channel concepts")
-        U_b = basis_b.encode(X_b) if U_b is None else U_b.to(X_b)
-        _check_shape("U_b", U_b, (*X_b.shape[:2], basis_b.n_concepts))
+        U_b = _coefficients("U_b", basis_b, X_b, U_b, sub.b)
         V_b, offset_b = affine_decoder(basis_b, U_b)
     return LayerPair(sub, U_a, V_a, x0_a, prefix, U_b, V_b, offset_b, basis_b.n_concepts)
 
@@ -148,3 +140,14 @@ def _source(sub: Subnetwork, inputs: torch.Tensor | PFVs
 def _check_shape(name: str, U: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(U.shape) != shape:
         raise IerfError(f"{name} must have shape {shape}, got {tuple(U.shape)}")
+
+
+def _coefficients(name: str, basis: ConceptBasis, X: torch.Tensor, U: torch.Tensor | None,
+                  layer: str) -> torch.Tensor:
+    """``U`` given, or ``basis.encode(X)``, checked against the PFVs ``X (B, N, C)``."""
+    if X.shape[-1] != basis.n_channels:
+        raise BasisMismatchError(f"layer {layer!r} has {X.shape[-1]} channels, the basis has "
+                                 f"{basis.n_channels}-channel concepts")
+    U = basis.encode(X) if U is None else U.to(X)
+    _check_shape(name, U, (*X.shape[:2], basis.n_concepts))
+    return U
