@@ -41,7 +41,7 @@ def test_fit_saves_what_fit_concepts_learns(atlas, tmp_path, capsys) -> None:
     # bound to the atlas' model and layer, with its provenance
     assert (basis.model, basis.layer, basis.tokens) == ("toy-resnet", "layer3", "patch")
     assert basis.fingerprint == weights_fingerprint(a.model().net)
-    assert basis.provenance["atlas"] == str(a.path) and basis.provenance["centred"]
+    assert basis.provenance["atlas"] == str(a.path.resolve()) and basis.provenance["centred"]
     assert basis.provenance["n_pfvs"] == len(a.pfvs("layer3"))
     # default output inside the atlas, an SAE
     assert main(["concepts", "fit", str(atlas), "--layer", "layer2", "--method", "topk-sae",

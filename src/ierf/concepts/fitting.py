@@ -114,7 +114,8 @@ def fit_basis(atlas: object, layer: str, method: str = "kmeans", n_concepts: int
     extractor = fit_concepts(X, method, n_concepts,
                              center=None if mu is None else mu.to(device), **opts)
     settings = {k: v for k, v in opts.items() if k != "progress"}
-    return ConceptBasis.bind(extractor, model, layer, tokens="patch", atlas=str(atlas.path),
+    return ConceptBasis.bind(extractor, model, layer, tokens="patch",
+                             atlas=str(atlas.path.resolve()),
                              method=method, n_pfvs=len(X), centred=mu is not None,
                              options=settings)
 
