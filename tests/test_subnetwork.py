@@ -38,9 +38,8 @@ def check_pair(model: ierf.Model, a: str, b: str, x: torch.Tensor) -> Subnetwork
 
 
 @pytest.fixture(scope="module")
-def resnet50() -> ierf.Model:
-    torch.manual_seed(0)
-    return ierf.load_model("resnet50", weights=None)
+def resnet50(resnet50_random: ierf.Model) -> ierf.Model:
+    return resnet50_random                   # the session's random ResNet50 (conftest)
 
 
 @pytest.fixture(scope="module")

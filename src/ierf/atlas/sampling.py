@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ierf.errors import IerfError
+from ierf.models.hooks import forward_hooks
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 from ierf.targets import PFVTarget
@@ -190,13 +191,9 @@ def complete_pass(net: nn.Module, modules: Mapping[str, nn.Module]
     def end(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
         passes.append((out, dict(current)))
 
-    handles = [net.register_forward_pre_hook(begin), net.register_forward_hook(end),
-               *(m.register_forward_hook(record(n)) for n, m in modules.items())]
-    try:
+    with forward_hooks([(net, end), *((m, record(n)) for n, m in modules.items())],
+                       pre_hooks=[(net, begin)]):
         yield passes
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def position_map(model: Model, relevance: torch.Tensor, pfvs: torch.Tensor) -> torch.Tensor:

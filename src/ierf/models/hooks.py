@@ -15,10 +15,13 @@ from torch import nn
 
 
 @contextmanager
-def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
-    """Register each ``(module, hook)`` pair's forward hook for the ``with`` block; removed
-    on exit, whatever happens inside. A module may appear in several pairs."""
-    handles = [m.register_forward_hook(h) for m, h in hooks]
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]],
+                  pre_hooks: Iterable[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+    """Register each ``(module, hook)`` pair's forward hook (and each ``pre_hooks`` pair's
+    forward pre-hook) for the ``with`` block; removed on exit, whatever happens inside. A
+    module may appear in several pairs."""
+    handles = [*(m.register_forward_hook(h) for m, h in hooks),
+               *(m.register_forward_pre_hook(h) for m, h in pre_hooks)]
     try:
         yield
     finally:
