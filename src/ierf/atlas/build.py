@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ierf.atlas.sampling import IerfEngine, atlas_samples
 from ierf.atlas.store import Atlas, ShardWriter, open_atlas, prepare_atlas
 from ierf.data.sources import image_ids, load_images, parse_source
+from ierf.dist import barrier, on_rank0, rank_world
 from ierf.errors import IerfError
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
@@ -76,14 +76,13 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     layers = check_layers(model, engine, layers)
     source = parse_source(images).resolved()
     ids = image_ids(source, n)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+    rank, world = rank_world()
     meta = atlas_meta(model, str(source), layers, samples_per_image, ierf_downsample, seed, weights,
                       getattr(engine, "name", type(engine).__name__), len(ids))
-    _on_rank0(rank, lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
+    on_rank0(lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
     with ShardWriter(out, rank) as writer:
         mine = writer.pending()[rank::world]
-        if world > 1:
-            dist.barrier()  # every rank has read the pending list before any writes
+        barrier()  # every rank has read the pending list before any writes
         bar = tqdm(total=len(mine), unit="img", disable=not progress or rank != 0,
                    desc=f"atlas {model.name}" + (f" (rank 0 of {world})" if world > 1 else ""))
         with bar:
@@ -94,8 +93,7 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
                                                   samples_per_image, seed, ierf_downsample,
                                                   internal_batch_size))
                 bar.update(len(batch))
-    if world > 1:
-        dist.barrier()
+    barrier()
     return open_atlas(out)
 
 
@@ -138,24 +136,3 @@ def atlas_meta(model: Model, source: str, layers: Sequence[str], samples_per_ima
             "ierf_size": [h // ierf_downsample, w // ierf_downsample], "ierf_method": method,
             "seed": seed, "n_images": n_images,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _on_rank0(rank: int, fn) -> None:
-    """Run ``fn`` on rank 0; other ranks wait and raise the same error if it fails."""
-    error = None
-    if rank == 0:
-        try:
-            fn()
-        except IerfError as e:
-            error = str(e)
-            if not _distributed():
-                raise
-    if _distributed():
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise IerfError(box[0])

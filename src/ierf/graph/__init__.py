@@ -7,15 +7,22 @@
 - :func:`build_graph` → :class:`ConceptGraph` (nodes, error nodes, class nodes, ICAT edges;
   pruning and [0, 1] normalisation, App. VII-H) → :func:`to_json` / :func:`from_json`
   (a superset of the Neuronpedia / circuit-tracer attribution-graph schema).
+- :func:`build_dataset_graph` — the same over a whole image set: batched, resumable,
+  sharded over ``torchrun`` ranks; :func:`merge` and :func:`read_graph`.
+- :func:`trace_routes` and :func:`locate_nodes` — one image's strongest concept routes to a
+  class and where their nodes sit in it (Sec. VI-D).
 """
 
 from ierf.graph.build import build_graph
-from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes
+from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes, merge
+from ierf.graph.dataset import build_dataset_graph, read_graph
 from ierf.graph.export import from_json, to_json
 from ierf.graph.icat import METHODS, alignment_score, concept_importance, icat
 from ierf.graph.pair import LayerPair, prepare
+from ierf.graph.routes import NodeLocations, Route, locate_nodes, trace_routes
 from ierf.graph.validation import interlayer_curves
 
-__all__ = ["METHODS", "ConceptGraph", "Edges", "LayerNodes", "LayerPair", "alignment_score",
-           "build_graph", "concept_importance", "from_json", "icat", "interlayer_curves",
-           "prepare", "to_json"]
+__all__ = ["METHODS", "ConceptGraph", "Edges", "LayerNodes", "LayerPair", "NodeLocations",
+           "Route", "alignment_score", "build_dataset_graph", "build_graph",
+           "concept_importance", "from_json", "icat", "interlayer_curves", "locate_nodes",
+           "merge", "prepare", "read_graph", "to_json", "trace_routes"]

@@ -19,6 +19,7 @@ Node ids: ``"{layer}:{k}"`` (``k`` the basis index), ``"{layer}:error"``, ``"out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -208,6 +209,51 @@ class ConceptGraph:
                 f"{' → '.join(self.layers)}, {n} concept nodes, {len(self.classes)} classes, "
                 f"{self.metadata.get('n_images', '?')} images, "
                 f"method={self.metadata.get('method', '?')!r})")
+
+
+def merge(graphs: Sequence[ConceptGraph]) -> ConceptGraph:
+    """One data-set-wide graph from graphs of disjoint image sets: every node statistic, edge
+    weight, IG gap, logit and probability is the mean over all their images (each graph's
+    mean weighted by its ``metadata["n_images"]``); image ids are concatenated.
+
+    The graphs must share the chain, the classes, the nodes (unpruned) and the method — as
+    the batches of one :func:`ierf.graph.build_dataset_graph` run do.
+    """
+    if not graphs:
+        raise IerfError("nothing to merge: no graphs")
+    first = graphs[0]
+    for g in graphs[1:]:
+        same = (g.layers == first.layers and torch.equal(g.classes, first.classes)
+                and all(torch.equal(g.nodes[l].index, n.index) for l, n in first.nodes.items())
+                and [e.method for e in g.edges] == [e.method for e in first.edges])
+        if not same:
+            raise IerfError("these graphs differ in layers, classes, nodes or method and "
+                            "cannot be merged; build them with the same settings")
+    n = torch.tensor([float(g.metadata.get("n_images", 1)) for g in graphs])
+    w = n / n.sum()
+
+    def mean(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack([v.float() for v in values])
+        return (stacked * w.reshape(-1, *[1] * (stacked.dim() - 1))).sum(0)
+
+    nodes = {}
+    for layer, n0 in first.nodes.items():
+        ns = [g.nodes[layer] for g in graphs]
+        nodes[layer] = replace(
+            n0, importance=mean([x.importance for x in ns]),
+            activation=mean([x.activation for x in ns]),
+            frequency=mean([x.frequency for x in ns]),
+            error_share=float(mean([torch.tensor(x.error_share) for x in ns])),
+            error_importance=mean([x.error_importance for x in ns]))
+    edges = []
+    for k, e0 in enumerate(first.edges):
+        es = [g.edges[k] for g in graphs]
+        gap = None if any(e.gap is None for e in es) else mean([e.gap for e in es])
+        edges.append(replace(e0, weights=mean([e.weights for e in es]), gap=gap))
+    ids = [i for g in graphs for i in g.metadata.get("image_ids", [])]
+    meta = {**first.metadata, "image_ids": ids, "n_images": int(n.sum())}
+    return replace(first, nodes=nodes, logits=mean([g.logits for g in graphs]),
+                   probs=mean([g.probs for g in graphs]), edges=edges, metadata=meta)
 
 
 def _keep(importance: torch.Tensor, top_k: int, top_shared: int) -> torch.Tensor:

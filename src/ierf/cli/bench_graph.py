@@ -1,0 +1,70 @@
+"""`ierf bench graph`: interlayer C-deletion / C-insertion of every ICAT method (IERF Sec.
+VI-C, Fig. 11) on the consecutive layer pairs of a chain."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+from ierf.cli.graph import ICAT_METHODS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``ierf bench graph``."""
+    p = sub.add_parser("graph", help="validate ICAT edges: interlayer C-deletion/insertion "
+                       "of every attribution method (and ground truth on the benchmark)")
+    p.add_argument("atlas", help="atlas folder (from `ierf atlas build`)")
+    p.add_argument("--layers", required=True, help="comma-separated layer chain (atlas layers)")
+    p.add_argument("--methods", default=",".join(ICAT_METHODS),
+                   help=f"comma-separated ICAT methods (default {','.join(ICAT_METHODS)})")
+    p.add_argument("--n", type=int, default=16, help="atlas images (default 16)")
+    p.add_argument("--targets", type=int, default=5, help="target concepts per image: the "
+                   "most important for its predicted class (default 5, as GIG Sec. 4.2.3)")
+    p.add_argument("--min-alignment", type=float, default=0.5, help="keep (image, target) "
+                   "pairs whose reference max cosine is at least this (default 0.5)")
+    p.add_argument("--steps", type=int, default=32, help="IG steps (default 32)")
+    p.add_argument("--curve-steps", type=int, default=20, help="points of each curve − 1")
+    p.add_argument("--concepts", default="kmeans", help="concept method of the bases "
+                   "(fitted into ATLAS/concepts/<layer>-<method> when absent)")
+    p.add_argument("--n-concepts", type=int, help="K of newly fitted bases (default 8 × C)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--out", help="output folder (default ATLAS/bench-graph)")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ierf.atlas.store import open_atlas
+    from ierf.bench.graph import interlayer_validation
+    from ierf.cli.graph import check_chain, load_bases, parse_layers
+    from ierf.errors import IerfError
+    from ierf.viz.curves import save_curves
+
+    atlas = open_atlas(args.atlas)
+    layers = parse_layers(args.layers)
+    if len(layers) < 2:
+        raise IerfError("--layers needs at least two layers (a source and a target)")
+    missing = [layer for layer in layers if layer not in atlas.layers]
+    if missing:
+        raise IerfError(f"atlas {args.atlas} has no layer {', '.join(map(repr, missing))} (it "
+                        f"has {', '.join(atlas.layers)})")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    model = atlas.model()
+    model.net.to(args.device)
+    check_chain(model, layers)
+    bases = load_bases(atlas, model, layers, args.concepts, args.n_concepts, args.device)
+    x = atlas.load_images(list(range(min(args.n, len(atlas.images))))).to(args.device)
+    out = Path(args.out) if args.out else Path(args.atlas) / "bench-graph"
+    for a, b in pairwise(layers):
+        print(f"{a} → {b}: {len(methods)} methods …", file=sys.stderr, flush=True)
+        table, curves = interlayer_validation(model, bases[a], bases[b], x, methods,
+                                              n_targets=args.targets, steps=args.curve_steps,
+                                              n_steps=args.steps,
+                                              min_alignment=args.min_alignment)
+        folder = out / f"{a}-{b}"
+        table.write(folder)
+        save_curves(curves, folder / "curves.png", table.title)
+        print(table.markdown())
+        print(f"→ {folder}/table.md, table.csv, figure.png, curves.png")
+    return 0

@@ -1,0 +1,49 @@
+"""``torchrun`` ranks: who am I, run on rank 0, wait for the others.
+
+Long runs (an atlas build, a data-set-wide concept graph) split their pending work
+round-robin over the ranks of an initialised ``torch.distributed`` process group and commit
+it into one store; without a process group everything runs as rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.distributed as dist
+
+from ierf.errors import IerfError
+
+
+def distributed() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` without a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for without a process group)."""
+    if distributed() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def on_rank0(fn: Callable[[], object]) -> None:
+    """Run ``fn`` on rank 0; the other ranks wait and raise the same :class:`IerfError` if
+    it fails (so that no rank goes on alone)."""
+    rank, _ = rank_world()
+    error = None
+    if rank == 0:
+        try:
+            fn()
+        except IerfError as e:
+            error = str(e)
+            if not distributed():
+                raise
+    if distributed():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise IerfError(box[0])
