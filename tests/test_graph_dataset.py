@@ -71,7 +71,16 @@ def test_cli_graph_is_build_graph_over_all_images(toy, built) -> None:
     assert_same_graph(g, ref)
     assert g.metadata["n_images"] == N and g.metadata["batch_size"] == 5
     with torch.no_grad():    # default classes: those predicted on the images
-        assert g.classes.tolist() == sorted(set(toy(built["x"]).argmax(1).tolist()))
+        predicted = toy(built["x"]).argmax(1)
+    assert g.classes.tolist() == sorted(set(predicted.tolist()))
+    c = int(predicted.mode().values)          # a class graph: over the images predicted as c
+    mine = (predicted == c).nonzero().flatten()
+    per_class = read_graph(built["root"] / "g" / "per-class" / f"{c}.json")
+    ref_c = build_graph(toy, built["bases"], built["x"][mine], g.classes, n_steps=4,
+                        image_ids=[built["atlas"].images[i] for i in mine], progress=False)
+    assert_same_graph(per_class, ref_c)
+    assert sorted(p.stem for p in (built["root"] / "g" / "per-class").glob("*.json")) == \
+        sorted(str(k) for k in set(predicted.tolist()))
 
 
 def test_merge_of_per_image_graphs_is_the_batch_graph(toy, built) -> None:

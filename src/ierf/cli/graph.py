@@ -188,6 +188,10 @@ def _info(args: argparse.Namespace) -> int:
 
     graph = read_graph(args.graph)
     print(graph.summary())
+    per_class = sorted((Path(args.graph) / "per-class").glob("*.json"))
+    if per_class:
+        print(f"  per-class graphs (images grouped by predicted class): "
+              f"{', '.join(p.name for p in per_class)} in {Path(args.graph) / 'per-class'}")
     last = graph.layers[-2]
     for j, name in enumerate(graph.class_names):
         imp = graph.nodes[last].importance[:, j]

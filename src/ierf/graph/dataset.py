@@ -2,16 +2,19 @@
 
 :func:`build_dataset_graph` cuts the image list into batches, builds each batch's graph with
 :func:`ierf.graph.build_graph` (ICAT averaged over the batch, IERF Sec. VI) and commits it to
-an SQLite store (:class:`GraphStore`, one transaction per batch). Killing the run loses at most
+an SQLite store (:class:`GraphStore`, one transaction per batch; inside a batch, one graph
+per predicted class). Killing the run loses at most
 the batches in flight; re-running the same call skips what is stored. Ranks of a ``torchrun``
 job take the pending batches round-robin and commit into the same store. When every batch is
 in, the graph is :func:`~ierf.graph.concept_graph.merge`\\ d (the mean over all images) and
-written as ``graph.json`` next to the store, atomically.
+written as ``graph.json`` next to the store, atomically, together with one graph per
+predicted class (ICAT aggregated over the images the model assigns to that class).
 
 Layout of the output folder::
 
-    parts.sqlite   settings + one row per finished batch (its graph, JSON)
-    graph.json     the merged graph (:func:`ierf.graph.to_json`)
+    parts.sqlite         settings + per finished batch and predicted class: its graph (JSON)
+    graph.json           the merged graph over all images (:func:`ierf.graph.to_json`)
+    per-class/<c>.json   the merged graph over the images predicted as class c
 """
 
 from __future__ import annotations
@@ -35,33 +38,43 @@ from ierf.graph.export import from_dict, from_json, to_dict, to_json
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 
-STORE, GRAPH = "parts.sqlite", "graph.json"
+STORE, GRAPH, PER_CLASS = "parts.sqlite", "graph.json", "per-class"
 
 
 class GraphStore(store.ResumableStore):
-    """The finished batches of one data-set-wide graph build."""
+    """The finished batches of one data-set-wide graph build: per batch, one graph per class
+    predicted in it (the mean over those images), committed together."""
 
-    schema = ("CREATE TABLE IF NOT EXISTS parts (batch INTEGER PRIMARY KEY, "
-              "n_images INTEGER NOT NULL, graph TEXT NOT NULL);")
+    schema = ("CREATE TABLE IF NOT EXISTS parts (batch INTEGER NOT NULL, predicted INTEGER "
+              "NOT NULL, n_images INTEGER NOT NULL, graph TEXT NOT NULL, "
+              "PRIMARY KEY (batch, predicted));")
     wal = True
     holds = "the batches of a concept graph built with other settings"
     hint = "re-run with the same options to resume, or give another --out"
 
     def done(self) -> set[int]:
         """Indices of the stored batches."""
-        return {b for b, in self.con.execute("SELECT batch FROM parts")}
+        return {b for b, in self.con.execute("SELECT DISTINCT batch FROM parts")}
 
-    def put(self, batch: int, graph: ConceptGraph) -> None:
-        """Store one batch's graph (one transaction: all of it or nothing)."""
-        text = json.dumps(to_dict(graph, f"batch-{batch}"))
+    def put(self, batch: int, graphs: Mapping[int, ConceptGraph]) -> None:
+        """Store one batch's graphs, by predicted class (one transaction: all or nothing)."""
+        rows = [(batch, c, g.metadata["n_images"], json.dumps(to_dict(g, f"batch-{batch}")))
+                for c, g in graphs.items()]
         with store.transaction(self.con):
-            self.con.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
-                             (batch, graph.metadata["n_images"], text))
+            self.con.executemany("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", rows)
 
-    def graphs(self) -> list[ConceptGraph]:
-        """The stored graphs in batch order."""
-        rows = self.con.execute("SELECT batch, graph FROM parts ORDER BY batch").fetchall()
+    def graphs(self, predicted: int | None = None) -> list[ConceptGraph]:
+        """The stored graphs in batch order; only those of images predicted as
+        ``predicted`` when given."""
+        where, args = ("", ()) if predicted is None else ("WHERE predicted = ?", (predicted,))
+        rows = self.con.execute(f"SELECT batch, graph FROM parts {where} "
+                                "ORDER BY batch, predicted", args).fetchall()
         return [from_dict(json.loads(text), f"{self.path} batch {b}") for b, text in rows]
+
+    def predicted(self) -> list[int]:
+        """The classes predicted on some image."""
+        return [c for c, in self.con.execute("SELECT DISTINCT predicted FROM parts "
+                                             "ORDER BY predicted")]
 
 
 def basis_digest(basis: ConceptBasis) -> str:
@@ -92,7 +105,7 @@ def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
 
     Returns
     -------
-    The merged :class:`ConceptGraph` (on every rank).
+    The merged :class:`ConceptGraph` over all images (on every rank).
     """
     ids = [str(i) for i in image_ids]
     if not ids:
@@ -118,20 +131,35 @@ def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
                   disable=not progress or rank != 0) as bar:
             for b in mine:
                 x = load(batches[b]).to(model.device)
-                g = build_graph(model, bases, x, classes, method, image_ids=batches[b],
-                                progress=False, **icat_options)
-                parts.put(b, g)
+                per = build_graph(model, bases, x, classes, method, image_ids=batches[b],
+                                  per_image=True, progress=False, **icat_options)
+                with torch.no_grad():
+                    predicted = model(x).argmax(1).tolist()
+                parts.put(b, {c: merge([g for g, p in zip(per, predicted) if p == c])
+                              for c in sorted(set(predicted))})
                 bar.update(len(batches[b]))
         barrier()
-        graphs = parts.graphs()
-    if len(graphs) != len(batches):
-        raise IerfError(f"{out / STORE} holds {len(graphs)} of {len(batches)} batches; "
-                        "re-run the same command to finish it")
-    graph = merge(graphs)
-    graph.metadata.update({"batch_size": batch_size, **(settings or {})})
+        if len(parts.done()) != len(batches):
+            raise IerfError(f"{out / STORE} holds {len(parts.done())} of {len(batches)} "
+                            "batches; re-run the same command to finish it")
+        graph = _merged(parts.graphs(), ids, batch_size, settings)
+        by_class = {c: _merged(parts.graphs(c), None, batch_size, settings)
+                    for c in parts.predicted()}
     if rank == 0:
         to_json(graph, out / GRAPH)
+        for c, g in by_class.items():
+            to_json(g, out / PER_CLASS / f"{c}.json")
     barrier()
+    return graph
+
+
+def _merged(graphs: Sequence[ConceptGraph], ids: Sequence[str] | None, batch_size: int,
+            settings: Mapping[str, Any] | None) -> ConceptGraph:
+    """The mean over the graphs' images, with image ids in data-set order (``ids``)."""
+    graph = merge(graphs)
+    if ids is not None:
+        graph.metadata["image_ids"] = list(ids)
+    graph.metadata.update({"batch_size": batch_size, **(settings or {})})
     return graph
 
 
