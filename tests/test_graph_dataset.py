@@ -187,6 +187,10 @@ def test_explain_traces_routes_to_the_class(built, capsys) -> None:
     for name in ("routes.png", "graph.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (built["root"] / "g" / "graph.png").is_file()     # written by `graph build`
+    for folder in (built["root"] / "g", out):                  # thumbnails named in the JSON
+        nodes = json.loads((folder / "graph.json").read_text())["nodes"]
+        shown = [n for n in nodes if n.get("thumbnails")]
+        assert shown and all((folder / n["thumbnails"][0]).is_file() for n in shown)
 
 
 def test_explain_bad_input(built, capsys) -> None:
@@ -212,3 +216,18 @@ def test_bench_graph_ig_orders_curves_better_than_random(built, capsys) -> None:
         assert gap > 3 * se, (col, t)
     assert (out / "layer2-layer3" / "curves.png").is_file()
     assert "| ig |" in capsys.readouterr().out
+
+
+def test_bench_graph_ground_truth_table(built, capsys) -> None:
+    out = built["root"] / "bench-gt"
+    assert main(["bench", "graph", str(built["atlas"].path), "--layers", "layer2,layer3",
+                 "--methods", "random", "--n", "8", "--steps", "2", "--ground-truth",
+                 "--out", str(out)]) == 0
+    import json
+
+    report = json.loads((out / "ground-truth.json").read_text())
+    assert set(report["class_parents"]) == set(LAYERS)
+    assert report["settings"]["n_images"] == 8
+    text = (out / "ground-truth.md").read_text()
+    assert text.count("| (a)") == 2 and text.count("| (b)") == 4
+    assert "(b) part ← its colour · layer2->layer3" in capsys.readouterr().out

@@ -68,6 +68,9 @@ def test_shell_blocks_write_what_they_say(workdir: Path) -> None:
     assert (workdir / "atlas" / "manifest.sqlite").is_file()
     assert (workdir / "cards" / "cards-layer3.png").is_file()
     assert (workdir / "atlas" / "bench-concepts-layer3.md").is_file()
+    assert (workdir / "graph" / "graph.json").is_file() and (workdir / "graph" / "graph.png").is_file()
+    assert (workdir / "graph" / "explain-image0" / "routes.png").is_file()
+    assert (workdir / "atlas" / "bench-graph" / "layer2-layer3" / "curves.png").is_file()
 
 
 def test_python_blocks_run_in_order(workdir: Path, monkeypatch) -> None:

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concepts", default="kmeans", help="concept method of the bases "
                    "(fitted into ATLAS/concepts/<layer>-<method> when absent)")
     p.add_argument("--n-concepts", type=int, help="K of newly fitted bases (default 8 × C)")
+    p.add_argument("--ground-truth", action="store_true", help="also check the graph against "
+                   "the synthetic benchmark's parts (benchmark atlases of toy models): class "
+                   "parents of the class's parts, part concepts fed by their attributes")
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--out", help="output folder (default ATLAS/bench-graph)")
     p.set_defaults(run=_run)
@@ -67,4 +70,43 @@ def _run(args: argparse.Namespace) -> int:
         save_curves(curves, folder / "curves.png", table.title)
         print(table.markdown())
         print(f"→ {folder}/table.md, table.csv, figure.png, curves.png")
+    if args.ground_truth:
+        ground_truth(model, bases, args, out)
     return 0
+
+
+def ground_truth(model, bases: dict, args: argparse.Namespace, out: Path) -> None:
+    """Print and write (``ground-truth.json`` / ``.md``) the graph's ground-truth check."""
+    import json
+
+    from ierf.graph.ground_truth import ground_truth_report
+    from ierf.io import atomic_path
+
+    print("ground truth: labelling concepts by their iERFs, building the graph …",
+          file=sys.stderr, flush=True)
+    r = ground_truth_report(model, bases=bases, n_images=args.n, n_steps=args.steps,
+                            progress=True)
+    title = (f"**Ground truth** ({model.name}, {r['settings']['n_images']} test images, "
+             f"top-{r['settings']['k']} parents; z = (observed − chance) / null sd)")
+    lines = [title, "",
+             "| check | observed | chance | z | permuted graphs | random graph |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for layer, c in r["class_parents"].items():
+        lines.append(f"| (a) class parents are the class's parts · {layer} | "
+                     f"{c['precision']:.3f} | {c['chance']:.3f} | {c['z']:.1f} | "
+                     f"{c.get('permuted', {}).get('mean', float('nan')):.3f} | "
+                     f"{c.get('random_graph', float('nan')):.3f} |")
+    for pair, e in r["part_edges"].items():
+        for name in ("attributes", "colour", "shape", "texture"):
+            v = e[name]
+            lines.append(f"| (b) part ← its {name} · {pair} | {v['agreement']:.3f} | "
+                         f"{v['chance']:.3f} | {v['z']:.1f} | "
+                         f"{v.get('permuted', {}).get('mean', float('nan')):.3f} | "
+                         f"{v.get('random_graph', float('nan')):.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with atomic_path(out / "ground-truth.md") as tmp:
+        Path(tmp).write_text(text)
+    with atomic_path(out / "ground-truth.json") as tmp:
+        Path(tmp).write_text(json.dumps(r, indent=1))
+    print(f"→ {out}/ground-truth.md, ground-truth.json")

@@ -177,7 +177,12 @@ def _build(args: argparse.Namespace) -> int:
 
     if rank_world()[0] != 0:
         return 0
-    figure = write_figures(graph, Path(args.out), atlas_thumbnails(atlas, bases))
+    from ierf.graph import to_json
+
+    thumbs = atlas_thumbnails(atlas, bases)
+    to_json(graph, Path(args.out) / "graph.json",
+            thumbnails=save_thumbnails(thumbs, Path(args.out)))
+    figure = write_figures(graph, Path(args.out), thumbs)
     print(graph.summary())
     print(f"→ {Path(args.out) / 'graph.json'}, {figure}")
     return 0
@@ -258,6 +263,24 @@ def write_figures(graph: Any, out: Path, thumbnails: dict | None = None,
                       routes=routes, title=repr(graph))
 
 
+def save_thumbnails(thumbnails: dict, folder: Path) -> dict[str, list[str]]:
+    """Write node thumbnails ``(3, H, W)`` in [0, 1] as ``folder/thumbnails/<layer>_<k>.png``;
+    node id → ``[path relative to folder]`` (the JSON's ``thumbnails`` field)."""
+    import numpy as np
+    from PIL import Image
+
+    from ierf.io import atomic_path
+
+    out = {}
+    for node, image in thumbnails.items():
+        name = "thumbnails/" + "".join(c if c.isalnum() or c in "-." else "_" for c in node)
+        pixels = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255)
+        with atomic_path(folder / f"{name}.png") as tmp:
+            Image.fromarray(pixels.round().astype(np.uint8)).save(tmp, format="PNG")
+        out[node] = [f"{name}.png"]
+    return out
+
+
 def atlas_thumbnails(atlas: Any, bases: dict) -> dict:
     """Node id → the atlas image of the PFV with the largest coefficient of that concept,
     dimmed outside its iERF (a one-image concept card)."""
@@ -326,13 +349,14 @@ def _explain(args: argparse.Namespace) -> int:
     nodes = list(dict.fromkeys([n for r in routes for n in r.nodes]
                                + [i for l in pruned.nodes for i in pruned.node_ids(l)[:-1]]))
     where = locate_nodes(model, x, bases, nodes)
-    to_json(graph, out / "graph.json")
+    thumbs = node_thumbnails(image, where)
+    to_json(graph, out / "graph.json", thumbnails=save_thumbnails(thumbs, out))
     with atomic_path(out / "routes.json") as tmp:
         Path(tmp).write_text(json.dumps([r.to_dict() for r in routes], indent=1))
     name = model.class_names[target]
     draw_routes(image, routes, where, out / "routes.png",
                 title=f"{stem}: routes to {name} (logit {float(logits[target]):.3g})")
-    write_figures(graph, out, node_thumbnails(image, where), routes)
+    write_figures(graph, out, thumbs, routes)
     p = logits.softmax(0)
     print(f"{stem}: {name} (class {target}, p = {float(p[target]):.3f}); runner-up "
           f"{model.class_names[rival]} (p = {float(p[rival]):.3f})")

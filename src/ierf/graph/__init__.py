@@ -11,12 +11,21 @@
   sharded over ``torchrun`` ranks; :func:`merge` and :func:`read_graph`.
 - :func:`trace_routes` and :func:`locate_nodes` — one image's strongest concept routes to a
   class and where their nodes sit in it (Sec. VI-D).
+- :func:`ground_truth_report` — the graph checked against the synthetic benchmark's parts:
+  class parents (:func:`class_parent_precision`) and part ← attribute edges
+  (:func:`part_edge_agreement`), concepts labelled by their iERFs (:func:`concept_labels`).
 """
 
 from ierf.graph.build import build_graph
 from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes, merge
 from ierf.graph.dataset import build_dataset_graph, read_graph
 from ierf.graph.export import from_json, to_json
+from ierf.graph.ground_truth import (
+    class_parent_precision,
+    concept_labels,
+    ground_truth_report,
+    part_edge_agreement,
+)
 from ierf.graph.icat import METHODS, alignment_score, concept_importance, icat
 from ierf.graph.pair import LayerPair, prepare
 from ierf.graph.routes import NodeLocations, Route, locate_nodes, trace_routes
@@ -24,5 +33,5 @@ from ierf.graph.validation import interlayer_curves
 
 __all__ = ["METHODS", "ConceptGraph", "Edges", "LayerNodes", "LayerPair", "NodeLocations",
            "Route", "alignment_score", "build_dataset_graph", "build_graph",
-           "concept_importance", "from_json", "icat", "interlayer_curves", "locate_nodes",
-           "merge", "prepare", "read_graph", "to_json", "trace_routes"]
+           "class_parent_precision", "concept_importance", "concept_labels", "from_json", "ground_truth_report", "icat", "interlayer_curves",
+           "locate_nodes", "merge", "part_edge_agreement", "prepare", "read_graph", "to_json", "trace_routes"]
