@@ -70,6 +70,7 @@ def test_shell_blocks_write_what_they_say(workdir: Path) -> None:
     assert (workdir / "atlas" / "bench-concepts-layer3.md").is_file()
     assert (workdir / "graph" / "graph.json").is_file() and (workdir / "graph" / "graph.png").is_file()
     assert (workdir / "graph" / "explain-image0" / "routes.png").is_file()
+    assert "ierf.concept-graph" in (workdir / "graph.html").read_text()
     assert (workdir / "atlas" / "bench-graph" / "layer2-layer3" / "curves.png").is_file()
 
 

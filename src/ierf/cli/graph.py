@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--out", help="output folder (default GRAPH/explain-<image>)")
     e.set_defaults(run=_explain)
 
+    from ierf.cli.graph_show import add_show_parser
+
+    add_show_parser(gsub)
+
 
 def parse_layers(text: str) -> list[str]:
     from ierf.errors import IerfError

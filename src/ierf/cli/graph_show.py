@@ -1,0 +1,50 @@
+"""`ierf graph show GRAPH -o graph.html`: the offline HTML explorer of a concept graph."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_show_parser(graph_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``show`` to the ``ierf graph`` subcommands; returns its parser."""
+    s = graph_subparsers.add_parser(
+        "show", help="write a self-contained HTML explorer of a concept graph (works offline "
+        "from file://: no server, no network)")
+    s.add_argument("graph", help="graph folder (from `ierf graph build` or `ierf graph "
+                   "explain`) or its graph.json")
+    s.add_argument("-o", "--out", help="HTML file to write (default: graph.html beside the "
+                   "graph file)")
+    s.add_argument("--routes", help="routes.json to overlay (default: the one beside the "
+                   "graph file, written by `ierf graph explain`)")
+    s.add_argument("--no-routes", action="store_true", help="do not overlay routes")
+    s.add_argument("--images", choices=("embed", "folder"), default="embed",
+                   help="thumbnails embedded in the page (default) or copied into a folder "
+                   "<out stem>_files/ beside it")
+    s.add_argument("--title", help="page title (default: the graph's slug and model)")
+    s.set_defaults(run=run_show)
+    return s
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Write the page and say what it holds."""
+    from ierf.errors import IerfError
+    from ierf.explorer import export_html
+    from ierf.explorer.document import graph_file
+
+    if args.no_routes and args.routes:
+        raise IerfError("give --routes or --no-routes, not both")
+    source = graph_file(args.graph)
+    out = Path(args.out) if args.out else source.with_name("graph.html")
+    routes = False if args.no_routes else args.routes
+    done = export_html(source, out, routes=routes, images=args.images, title=args.title)
+    for line in done.warnings:
+        print(f"ierf: note: {line}", file=sys.stderr)
+    parts = [f"{done.nodes} nodes", f"{done.links} edges",
+             f"{done.thumbnails} with thumbnails"]
+    if done.routes:
+        parts.append(f"{done.routes} routes")
+    where = f"; images in {done.folder}/" if done.folder else ""
+    print(f"→ {done.path} ({', '.join(parts)}{where}); open it in a browser, no server needed")
+    return 0

@@ -1,0 +1,377 @@
+"""The offline HTML explorer (issue 13), without a browser: reading and checking the graph
+JSON, thumbnails, the assembled page and `ierf graph show`. The page itself is tested in
+Chromium by tests/test_explorer_browser.py, which uses the helpers below."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import re
+from collections.abc import Iterable
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from ierf.errors import IerfError
+from ierf.explorer import SUPPORTED_FORMAT, SUPPORTED_VERSIONS, export_html, render_page
+from ierf.explorer.page import SCRIPTS, static
+from ierf.graph import trace_routes
+from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes
+from ierf.graph.export import FORMAT, FORMAT_VERSION, to_dict
+
+XSS = "<img src=x onerror=alert(1)>"
+SCRIPT_CLOSE = "</script><script>alert(2)</script>"
+
+# -- graphs to show ------------------------------------------------------------------------
+
+
+def concept_graph(sizes: list[int], n_classes: int = 3, seed: int = 0) -> ConceptGraph:
+    """A random ConceptGraph (ICAT-like weights) over ``len(sizes)`` concept layers."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [f"layer{i + 1}" for i in range(len(sizes))] + ["output"]
+    nodes = {l: LayerNodes(l, torch.arange(K), [f"{l} concept {k}" for k in range(K)],
+                           torch.randn(K, n_classes, generator=g), torch.rand(K, generator=g),
+                           torch.rand(K, generator=g), 0.2, torch.randn(n_classes, generator=g))
+             for l, K in zip(layers, sizes)}
+    edges = []
+    for i, K in enumerate(sizes):
+        T = sizes[i + 1] if i + 1 < len(sizes) else n_classes
+        w = torch.randn(K + 1, T, generator=g) ** 3             # heavy-tailed, like ICAT
+        w[torch.rand(K + 1, T, generator=g) < 0.2] = 0         # some absent edges
+        edges.append(Edges(layers[i], layers[i + 1], w, "ig"))
+    names = ["red circle", "blue square", "green triangle", "cat", "dog"][:n_classes]
+    return ConceptGraph(layers, nodes, torch.arange(n_classes), names,
+                        torch.randn(n_classes, generator=g),
+                        torch.softmax(torch.randn(n_classes, generator=g), 0), edges,
+                        {"model": "toy-resnet", "method": "ig", "image_ids": ["image0"]})
+
+
+def write_png(path: Path, seed: int) -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 24), tuple(rng.randrange(256) for _ in range(3))).save(path)
+    return path
+
+
+def write_graph(folder: Path, sizes: list[int] | None = None, *, thumbnails: str = "most",
+                labels: dict[str, str] | None = None, routes: bool = True,
+                seed: int = 0) -> Path:
+    """``folder/graph.json`` from :func:`ierf.graph.export.to_dict` (the real exporter),
+    with PNG thumbnails (``"most"``: all nodes but the error nodes and one concept;
+    ``"none"``) and ``routes.json`` from :func:`trace_routes`. Returns the graph file."""
+    graph = concept_graph(sizes or [10, 8], seed=seed)
+    doc = to_dict(graph, "test-graph")
+    for node in doc["nodes"]:
+        node["clerp"] = (labels or {}).get(node["node_id"], node["clerp"])
+        if node["kind"] == "class":                      # class names are labels too
+            names = doc["metadata"]["ierf"]["class_names"]
+            names[doc["metadata"]["ierf"]["classes"].index(node["feature"])] = node["clerp"]
+        if thumbnails == "most" and node["kind"] != "error" and node["node_id"] != "layer1:1":
+            name = f"thumbnails/{node['node_id'].replace(':', '-')}.png"
+            write_png(folder / name, hash(node["node_id"]) % 1000)
+            node["thumbnails"] = [name]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "graph.json").write_text(json.dumps(doc))
+    if routes:
+        found = trace_routes(graph, 0, k=3)
+        (folder / "routes.json").write_text(json.dumps([r.to_dict() for r in found]))
+    return folder / "graph.json"
+
+
+def synthetic_doc(sizes: list[int], n_classes: int, n_links: int, seed: int = 0
+                  ) -> dict[str, Any]:
+    """A graph document of the explorer's format without torch, of any size: concept
+    layers of ``sizes`` nodes (plus an error node each), ``n_classes`` classes, about
+    ``n_links`` edges between consecutive columns, in proportion to their sizes."""
+    rng = random.Random(seed)
+    layers = [f"block{i + 1}" for i in range(len(sizes))] + ["output"]
+    nodes: list[dict[str, Any]] = []
+    columns: list[list[str]] = []
+    for pos, (layer, K) in enumerate(zip(layers, sizes)):
+        ids = []
+        for k in range(K):
+            imp = [rng.gauss(0, 1) for _ in range(n_classes)]
+            nodes.append(_node(f"{layer}:{k}", pos, layer, "concept", k, f"{layer} concept {k}",
+                               sum(map(abs, imp)), rng.random(), importance=imp,
+                               basis_index=k, frequency=rng.random()))
+            ids.append(f"{layer}:{k}")
+        imp = [rng.gauss(0, 0.3) for _ in range(n_classes)]
+        nodes.append(_node(f"{layer}:error", pos, layer, "error", -1, f"{layer} residual",
+                           sum(map(abs, imp)), 0.2, importance=imp, error_share=0.2))
+        columns.append(ids + [f"{layer}:error"])
+    classes = []
+    for c in range(n_classes):
+        nodes.append(_node(f"output:{c}", len(sizes), "output", "class", c, f"class {c}",
+                           1 / n_classes, rng.gauss(0, 1), token_prob=1 / n_classes,
+                           is_target_logit=True))
+        classes.append(f"output:{c}")
+    columns.append(classes)
+    pairs = [(columns[i], columns[i + 1] if i + 2 < len(columns) else classes)
+             for i in range(len(sizes))]
+    pairs = [(a, [t for t in b if not t.endswith(":error")]) for a, b in pairs]
+    total = sum(len(a) * len(b) for a, b in pairs)
+    links = []
+    for i, (a, b) in enumerate(pairs):
+        n = round(n_links * len(a) * len(b) / total)
+        n = min(len(a) * len(b), n if i + 1 < len(pairs) else n_links - len(links))
+        for flat in rng.sample(range(len(a) * len(b)), n):
+            links.append({"source": a[flat // len(b)], "target": b[flat % len(b)],
+                          "weight": rng.gauss(0, 1) ** 3})
+    ierf = {"format": FORMAT, "format_version": FORMAT_VERSION, "layers": layers,
+            "method": "ig", "classes": list(range(n_classes)),
+            "class_names": [f"class {c}" for c in range(n_classes)],
+            "edges": [{"source": a, "target": b, "method": "ig", "gap": None}
+                      for a, b in pairwise(layers)], "metadata": {}}
+    meta = {"slug": "synthetic", "scan": "synthetic", "prompt": "", "prompt_tokens": [],
+            "schema_id": None, "node_threshold": None, "info": {}, "ierf": ierf}
+    q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+    return {"metadata": meta, "qParams": q, "nodes": nodes, "links": links}
+
+
+def _node(node_id: str, pos: int, layer: str, kind: str, feature: int, clerp: str,
+          influence: float, activation: float, **ours: Any) -> dict[str, Any]:
+    types = {"concept": "cross layer transcoder", "error": "mlp reconstruction error",
+             "class": "logit"}
+    node = {"node_id": node_id, "jsNodeId": node_id, "feature": feature, "layer": str(pos),
+            "ctx_idx": 0, "reverse_ctx_idx": 0, "run_idx": 0, "feature_type": types[kind],
+            "token_prob": 0.0, "is_target_logit": False, "clerp": clerp,
+            "influence": influence, "activation": activation, "kind": kind,
+            "layer_name": layer}
+    node.update(ours)
+    return node
+
+
+def reference_view(doc: dict[str, Any], threshold: float = 0.05, top_k: int = 5,
+                   per_layer: int = 24, forced: Iterable[str] = ()
+                   ) -> tuple[set[str], list[tuple[str, str]]]:
+    """What the page draws, computed independently: per column the error and class nodes
+    and the ``per_layer`` most influential concepts (plus ``forced``); among them the edges
+    with ``|w| >= threshold · max |w|`` of their column pair, the ``top_k`` strongest per
+    target (0: all)."""
+    cols: dict[int, list[dict[str, Any]]] = {}
+    for n in doc["nodes"]:
+        cols.setdefault(int(n["layer"]), []).append(n)
+    kept = set(forced)
+    for col in cols.values():
+        concepts = sorted((n for n in col if n["kind"] == "concept"),
+                          key=lambda n: -n["influence"])
+        kept |= {n["node_id"] for n in concepts[:per_layer or None]}
+        kept |= {n["node_id"] for n in col if n["kind"] != "concept"}
+    col_of = {n["node_id"]: int(n["layer"]) for n in doc["nodes"]}
+    biggest: dict[tuple[int, int], float] = {}
+    for link in doc["links"]:
+        key = col_of[link["source"]], col_of[link["target"]]
+        biggest[key] = max(biggest.get(key, 0.0), abs(link["weight"]))
+    incoming: dict[str, list[dict[str, Any]]] = {}
+    for link in doc["links"]:
+        incoming.setdefault(link["target"], []).append(link)
+    links = []
+    for target in kept:
+        ranked = sorted(incoming.get(target, []), key=lambda l: -abs(l["weight"]))
+        taken = [l for l in ranked if l["source"] in kept and abs(l["weight"]) / biggest[
+            col_of[l["source"]], col_of[target]] >= threshold]
+        links += [(l["source"], target) for l in taken[:top_k or None]]
+    return kept, links
+
+
+def page_data(page: str) -> str:
+    """The JSON text embedded in an exported page."""
+    found = re.search(r'<script id="ierf-data" type="application/json">(.*?)</script>', page,
+                      re.DOTALL)
+    assert found, "the page has no data element"
+    return found.group(1)
+
+
+# -- reading and checking ------------------------------------------------------------------
+
+
+def test_formats_agree_with_the_graph_exporter() -> None:
+    assert SUPPORTED_FORMAT == FORMAT and FORMAT_VERSION in SUPPORTED_VERSIONS
+
+
+def test_export_writes_one_self_contained_page(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path / "g")
+    done = export_html(tmp_path / "g", tmp_path / "out" / "graph.html")
+    page = done.path.read_text()
+    doc = json.loads(graph.read_text())
+    assert (done.nodes, done.links) == (len(doc["nodes"]), len(doc["links"]))
+    assert done.routes == 3 and done.folder is None
+    assert done.thumbnails == sum(1 for n in doc["nodes"] if n.get("thumbnails"))
+    assert page.count("data:image/png;base64,") == done.thumbnails
+    # no file or host outside the page is referred to: only inline scripts and styles
+    assert not re.search(r"<(script|link|img|iframe)[^>]*(src|href)=", page, re.IGNORECASE)
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    for name in SCRIPTS:                    # every source file is in, in its own section
+        assert f"// ---- {name} ----" in page
+    assert not list((tmp_path / "out").glob(".*"))          # no temporary file left
+
+
+def test_data_from_the_graph_cannot_become_markup(tmp_path: Path) -> None:
+    write_graph(tmp_path / "g", labels={"layer1:0": XSS, "layer2:0": SCRIPT_CLOSE},
+                thumbnails="none")
+    page = export_html(tmp_path / "g", tmp_path / "p.html", title=XSS).path.read_text()
+    assert XSS not in page and "</script><script>alert" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page        # the escaped <title>
+    labels = {n["node_id"]: n["clerp"] for n in json.loads(page_data(page))["graph"]["nodes"]}
+    assert labels["layer1:0"] == XSS and labels["layer2:0"] == SCRIPT_CLOSE
+
+
+def test_static_sources_are_package_data_and_close_no_element() -> None:
+    for name in (*SCRIPTS, "graph.css", "svg.css", "page.html"):
+        assert static(name).strip()
+    for name in SCRIPTS:
+        assert "</" not in static(name).replace("<\\/", ""), name
+        assert "innerHTML" not in static(name) and "insertAdjacentHTML" not in static(name)
+
+
+@pytest.mark.parametrize("version, words", [(FORMAT_VERSION + 1, "newer than this explorer"),
+                                            (0, "rebuild the graph"),
+                                            (None, "rebuild the graph")])
+def test_other_format_versions_are_refused_with_what_to_do(tmp_path: Path, version: Any,
+                                                           words: str) -> None:
+    graph = write_graph(tmp_path / "g", routes=False, thumbnails="none")
+    doc = json.loads(graph.read_text())
+    doc["metadata"]["ierf"]["format_version"] = version
+    graph.write_text(json.dumps(doc))
+    with pytest.raises(IerfError, match=words):
+        export_html(graph, tmp_path / "p.html")
+    assert not (tmp_path / "p.html").exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["metadata"].pop("ierf"), "not an ierf concept graph"),
+    (lambda d: d.pop("links"), "not an attribution graph"),
+    (lambda d: d["links"].append({"source": "nope", "target": "output:0", "weight": 1.0}),
+     "names a node that does not exist"),
+    (lambda d: d["nodes"].append(dict(d["nodes"][0])), "used twice"),
+    (lambda d: d["nodes"][0].update(kind="mystery"), "has kind 'mystery'"),
+    (lambda d: d["links"][0].update(weight="heavy"), "not a number"),
+])
+def test_malformed_graphs_are_refused_in_one_line(tmp_path: Path, change: Any,
+                                                   words: str) -> None:
+    graph = write_graph(tmp_path / "g", routes=False, thumbnails="none")
+    doc = json.loads(graph.read_text())
+    change(doc)
+    graph.write_text(json.dumps(doc))
+    with pytest.raises(IerfError, match=words) as e:
+        export_html(graph, tmp_path / "p.html")
+    assert "\n" not in str(e.value)
+
+
+def test_missing_files_and_bad_json_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(IerfError, match="no concept graph at"):
+        export_html(tmp_path / "nowhere", tmp_path / "p.html")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(IerfError, match="not valid JSON"):
+        export_html(tmp_path / "bad.json", tmp_path / "p.html")
+    write_graph(tmp_path / "g", routes=False, thumbnails="none")
+    with pytest.raises(IerfError, match="no routes file"):
+        export_html(tmp_path / "g", tmp_path / "p.html", routes=tmp_path / "r.json")
+    (tmp_path / "r.json").write_text(json.dumps([{"nodes": ["layer1:0", "elsewhere:3"]}]))
+    with pytest.raises(IerfError, match="routes of another graph"):
+        export_html(tmp_path / "g", tmp_path / "p.html", routes=tmp_path / "r.json")
+    with pytest.raises(IerfError, match="is a folder"):
+        export_html(tmp_path / "g", tmp_path)
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path / "g", routes=False, thumbnails="none")
+    text = graph.read_text().replace('"activation": ', '"activation": NaN, "was": ', 1)
+    graph.write_text(text)
+    data = page_data(export_html(graph, tmp_path / "p.html").path.read_text())
+    assert "NaN" not in data and '"activation":null' in data
+
+
+def test_thumbnails_missing_or_remote_become_placeholders_with_a_note(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path / "g", routes=False)
+    doc = json.loads(graph.read_text())
+    doc["nodes"][0]["thumbnails"] = ["thumbnails/gone.png"]
+    doc["nodes"][2]["thumbnails"] = ["https://example.org/a.png"]
+    graph.write_text(json.dumps(doc))
+    done = export_html(graph, tmp_path / "p.html")
+    assert any("2 thumbnail(s) left out" in w and "no such file" in w and "a URL" in w
+               for w in done.warnings)
+    images = json.loads(page_data(done.path.read_text()))["images"]
+    assert "example.org" not in json.dumps(images) and doc["nodes"][0]["node_id"] not in images
+
+
+def test_images_can_go_into_a_folder_beside_the_page(tmp_path: Path) -> None:
+    write_graph(tmp_path / "g", routes=False)
+    done = export_html(tmp_path / "g", tmp_path / "site" / "view.html", images="folder")
+    assert done.folder == tmp_path / "site" / "view_files"
+    copied = sorted(done.folder.iterdir())
+    assert len(copied) == done.thumbnails > 0
+    page = done.path.read_text()
+    assert "base64" not in page and f'"view_files/{copied[0].name}"' in page
+
+
+def test_empty_graph_and_graph_without_edges_still_export(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path / "g", routes=False, thumbnails="none")
+    doc = json.loads(graph.read_text())
+    doc["links"] = []
+    graph.write_text(json.dumps(doc))
+    assert "no edges" in " ".join(export_html(graph, tmp_path / "a.html").warnings)
+    doc["nodes"] = []
+    graph.write_text(json.dumps(doc))
+    assert "no nodes" in " ".join(export_html(graph, tmp_path / "b.html").warnings)
+
+
+def test_render_page_puts_each_part_in_once() -> None:
+    doc = synthetic_doc([3], 2, 5)
+    doc["metadata"]["slug"] = "{{SCRIPT}}"           # placeholders in data stay data
+    page = render_page({"graph": doc, "images": {}, "routes": None, "explorer": {}},
+                       "{{DATA}}")
+    assert page.count("// ---- app.js ----") == 1 and "{{" not in page.replace(
+        "{{SCRIPT}}", "").replace("{{DATA}}", "")
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def show_parser() -> argparse.ArgumentParser:
+    from ierf.cli.graph_show import add_show_parser
+
+    parser = argparse.ArgumentParser(prog="ierf graph")
+    add_show_parser(parser.add_subparsers(required=True))
+    return parser
+
+
+def test_cli_show_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_graph(tmp_path / "g")
+    args = show_parser().parse_args(["show", str(tmp_path / "g"), "-o",
+                                     str(tmp_path / "graph.html")])
+    assert args.run(args) == 0
+    out = capsys.readouterr()
+    assert (tmp_path / "graph.html").is_file()
+    assert "23 nodes" in out.out and "3 routes" in out.out and "left out" not in out.err
+    args = show_parser().parse_args(["show", str(tmp_path / "g" / "graph.json"),
+                                     "--no-routes", "--images", "folder"])
+    assert args.run(args) == 0
+    assert (tmp_path / "g" / "graph.html").is_file() and (tmp_path / "g" / "graph_files").is_dir()
+    assert "routes" not in capsys.readouterr().out
+
+
+def test_cli_refuses_what_it_cannot_show(tmp_path: Path) -> None:
+    args = show_parser().parse_args(["show", str(tmp_path / "nowhere")])
+    with pytest.raises(IerfError, match="no concept graph"):
+        args.run(args)
+    write_graph(tmp_path / "g", routes=False, thumbnails="none")
+    args = show_parser().parse_args(["show", str(tmp_path / "g"), "--no-routes", "--routes",
+                                     str(tmp_path / "r.json")])
+    with pytest.raises(IerfError, match="not both"):
+        args.run(args)
+
+
+def test_real_exporter_output_and_png_is_a_real_image(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path / "g")
+    done = export_html(graph, tmp_path / "p.html")
+    first = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", done.path.read_text())
+    assert base64.b64decode(first.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
