@@ -26,7 +26,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 TORCHVISION_MODELS = ["resnet50", "vgg16", "vit_b_16"]
 TIMM_MODELS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
                "deit_small_patch16_224"]
-OFFLINE_MODELS = ["efficientnet_lite0", *TOY_MODELS]
+FACT_MODELS = ["fact-toy"]  # B-cos + bias-free TopK-SAE bottleneck (ierf.fact)
+OFFLINE_MODELS = ["efficientnet_lite0", *TOY_MODELS, *FACT_MODELS]
 
 
 def available_models() -> list[str]:
@@ -46,6 +47,7 @@ def load_model(name: str, weights: str | Path | None = "pretrained") -> Model:
     builders: dict[str, Callable[[bool], Model]] = {
         "efficientnet_lite0": _efficientnet_lite0,
         **{n: (lambda p, n=n: _toy(n, p)) for n in TOY_MODELS},
+        "fact-toy": _fact_toy,
         **{n: (lambda p, n=n: _torchvision(n, p)) for n in TORCHVISION_MODELS},
         **{n: (lambda p, n=n: _timm(n, p)) for n in TIMM_MODELS},
     }
@@ -56,7 +58,7 @@ def load_model(name: str, weights: str | Path | None = "pretrained") -> Model:
     else:
         raise unknown_name("model", name, available_models())
     if weights in ("pretrained", "imagenet"):
-        if weights == "imagenet" and name in TOY_MODELS:
+        if weights == "imagenet" and name in TOY_MODELS + FACT_MODELS:
             raise IerfError(f"{name} is trained on the synthetic benchmark, not ImageNet; "
                             "use weights='pretrained'")
         return builder(True)
@@ -119,6 +121,11 @@ def _toy(name: str, pretrained: bool) -> Model:
     prep = Preprocessing((IMAGE_SIZE, IMAGE_SIZE), TOY_MEAN, TOY_STD, resize=IMAGE_SIZE)
     prefix, grid = vit_layout(net)
     return Model(net, name, list(CLASS_NAMES), prep, num_prefix_tokens=prefix, patch_grid=grid)
+
+
+def _fact_toy(pretrained: bool) -> Model:
+    from ierf.fact.zoo import fact_toy  # on use: ierf.fact stays out of ``import ierf.models``
+    return fact_toy(pretrained)
 
 
 def _torchvision(name: str, pretrained: bool) -> Model:
