@@ -208,3 +208,69 @@ def test_bad_input_is_refused(setup) -> None:
         icat(s["sub"], s["a"], s["b"], torch.zeros(2, 256, 16))
     with pytest.raises(IerfError, match="convergence"):
         run(s, method="gradient", return_convergence_delta=True)
+
+
+@pytest.mark.parametrize("method", ["ig", "gradient", "gradient_x_input"])
+def test_forward_mode_equals_reverse_mode(setup, method) -> None:
+    """One jvp per active source concept (tangent D_q = u_·q ⊗ v_q) and one vjp per active
+    target compute the same bilinear form Σ_s w_s ⟨∇S_t(α_s), D_q⟩ (Eqs. 14–16)."""
+    s = setup
+    reverse = run(s, method=method, mode="reverse")
+    forward = run(s, method=method, mode="forward", target_batch_size=3)
+    auto = run(s, method=method)
+    scale = reverse.abs().max().item()
+    torch.testing.assert_close(forward, reverse, atol=1e-5 * scale, rtol=1e-4)
+    torch.testing.assert_close(auto, reverse, atol=1e-5 * scale, rtol=1e-4)
+    sub = Subnetwork(s["model"], B, "output")                  # class targets
+    kw = {"targets": [2, 5], "n_steps": 4, "U_a": s["U_b"], "method": method}
+    reverse = icat(sub, s["b"], None, s["x"], mode="reverse", **kw)
+    forward = icat(sub, s["b"], None, s["x"], mode="forward", **kw)
+    torch.testing.assert_close(forward, reverse, atol=1e-5 * reverse.abs().max().item(),
+                               rtol=1e-4)
+
+
+def test_forward_mode_through_attention_and_prefix_tokens() -> None:
+    model = ierf.load_model("toy-vit")
+    x = torch.randn(2, *model.input_size, generator=torch.Generator().manual_seed(0))
+    a, b = "blocks.1", "blocks.2"
+    with torch.no_grad():
+        pfvs = model.pfvs(x, [a, b])
+    bases = {layer: ConceptBasis.bind(BisectingSphericalKMeans(
+        k, n_init=1, max_iter=10, encoding="nearest").fit(pfvs[layer].vectors.flatten(0, 1)),
+        model, layer) for layer, k in ((a, 6), (b, 8))}
+    sub = Subnetwork(model, a, b)
+    reverse = icat(sub, bases[a], bases[b], sub.pfvs_a(x), n_steps=3, mode="reverse")
+    forward = icat(sub, bases[a], bases[b], sub.pfvs_a(x), n_steps=3, mode="forward")
+    torch.testing.assert_close(forward, reverse, atol=1e-5 * reverse.abs().max().item(),
+                               rtol=1e-4)
+
+
+def test_targets_are_computed_only_for_the_images_they_are_active_in(setup) -> None:
+    s = setup
+    U_b = s["U_b"].clone()
+    only_first = (U_b[0] != 0).any(0) & (U_b[1] != 0).any(0)
+    t = int(only_first.nonzero()[0])
+    U_b[1, :, t] = 0                         # target t now absent from image 1: S_t ≡ 0 there
+    edges = run(s, U_b=U_b, targets=[t], internal_batch_size=8)        # both images at once
+    alone = run(s, U_b=U_b, targets=[t])                               # one image at a time
+    assert (edges[1] == 0).all() and (alone[1] == 0).all() and (edges[0] != 0).any()
+    torch.testing.assert_close(alone, edges, atol=1e-5 * edges.abs().max().item(), rtol=1e-4)
+
+
+def test_sparse_contraction_equals_the_dense_one() -> None:
+    from ierf.graph.icat import _contract
+
+    gen = torch.Generator().manual_seed(0)
+    G, V = torch.randn(3, 2, 5, 4, generator=gen), torch.randn(4, 40, generator=gen)
+    U = torch.randn(2, 5, 40, generator=gen) * (torch.rand(2, 5, 40, generator=gen) < 0.05)
+    dense = ((G @ V) * U).sum(2).permute(1, 2, 0)
+    torch.testing.assert_close(_contract(G, V, U), dense)
+    torch.testing.assert_close(_contract(G, V, torch.ones_like(U)),
+                               ((G @ V).sum(2)).permute(1, 2, 0))
+
+
+def test_bad_mode_is_refused(setup) -> None:
+    with pytest.raises(IerfError, match="unknown ICAT mode"):
+        run(setup, mode="sideways")
+    with pytest.raises(IerfError, match=">= 1"):
+        run(setup, internal_batch_size=0)

@@ -11,6 +11,8 @@
   sharded over ``torchrun`` ranks; :func:`merge` and :func:`read_graph`.
 - :func:`trace_routes` and :func:`locate_nodes` — one image's strongest concept routes to a
   class and where their nodes sit in it (Sec. VI-D).
+- :func:`supernodes`, :func:`collapse`, :func:`annotate` — groups of concepts from the
+  bisecting k-means split tree, merged into one node each (ICAT is additive over concepts).
 - :func:`ground_truth_report` — the graph checked against the synthetic benchmark's parts:
   class parents (:func:`class_parent_precision`) and part ← attribute edges
   (:func:`part_edge_agreement`), concepts labelled by their iERFs (:func:`concept_labels`).
@@ -26,12 +28,13 @@ from ierf.graph.ground_truth import (
     ground_truth_report,
     part_edge_agreement,
 )
+from ierf.graph.hierarchy import annotate, collapse, supernodes
 from ierf.graph.icat import METHODS, alignment_score, concept_importance, icat
 from ierf.graph.pair import LayerPair, prepare
 from ierf.graph.routes import NodeLocations, Route, locate_nodes, trace_routes
 from ierf.graph.validation import interlayer_curves
 
 __all__ = ["METHODS", "ConceptGraph", "Edges", "LayerNodes", "LayerPair", "NodeLocations",
-           "Route", "alignment_score", "build_dataset_graph", "build_graph",
-           "class_parent_precision", "concept_importance", "concept_labels", "from_json", "ground_truth_report", "icat", "interlayer_curves",
-           "locate_nodes", "merge", "part_edge_agreement", "prepare", "read_graph", "to_json", "trace_routes"]
+           "Route", "alignment_score", "annotate", "build_dataset_graph", "build_graph",
+           "class_parent_precision", "collapse", "concept_importance", "concept_labels", "from_json", "ground_truth_report", "icat", "interlayer_curves",
+           "locate_nodes", "merge", "part_edge_agreement", "prepare", "read_graph", "supernodes", "to_json", "trace_routes"]

@@ -6,8 +6,9 @@ tools can read its structure, with our vision fields added:
 - ``metadata``: ``slug``, ``scan`` (model name), ``prompt`` / ``prompt_tokens`` (image ids),
   ``schema_id``, ``info``, plus ``ierf`` (``format``, ``format_version``, fingerprint, layers,
   method and settings, classes, bases, edge sets, pruning, ...);
-- ``qParams``: ``pinnedIds`` / ``supernodes`` empty, ``linkType``, ``clickedId``, ``sg_pos``,
-  and our pruning settings;
+- ``qParams``: ``pinnedIds`` (empty), ``supernodes`` (circuit-tracer's ``[name, node_id,
+  ...]`` lists, from ``metadata["supernodes"]``: see :mod:`ierf.graph.hierarchy`; read back
+  into it), ``linkType``, ``clickedId``, ``sg_pos``, and our pruning settings;
 - ``nodes``: circuit-tracer's fields (``node_id``, ``jsNodeId``, ``feature``, ``layer`` — the
   position in the chain as a string —, ``ctx_idx``, ``reverse_ctx_idx``, ``run_idx``,
   ``feature_type``, ``token_prob``, ``is_target_logit``, ``clerp``, ``influence``,
@@ -92,18 +93,22 @@ def to_dict(graph: ConceptGraph, slug: str,
         src, dst = graph.node_ids(e.source), graph.node_ids(e.target)
         for i, t in (e.weights != 0).nonzero().tolist():
             links.append({"source": src[i], "target": dst[t], "weight": float(e.weights[i, t])})
+    present = {n["node_id"] for n in nodes}
+    groups = [[name, *[i for i in ids if i in present]]
+              for name, ids in graph.metadata.get("supernodes", {}).items()]
     ierf = {"format": FORMAT, "format_version": FORMAT_VERSION, "layers": graph.layers,
             "method": graph.metadata.get("method"), "classes": graph.classes.tolist(),
             "class_names": graph.class_names,
             "edges": [{"source": e.source, "target": e.target, "method": e.method,
                        "gap": None if e.gap is None else e.gap.tolist()} for e in graph.edges],
-            "metadata": graph.metadata}
+            "metadata": {k: v for k, v in graph.metadata.items() if k != "supernodes"}}
     ids = [str(i) for i in graph.metadata.get("image_ids", [])]
     meta = {"slug": slug, "scan": graph.metadata.get("model"), "prompt": " ".join(ids),
             "prompt_tokens": ids, "schema_id": None, "node_threshold": None,
             "info": {"creator_name": "ierf", "source": "ierf.graph (IERF Sec. VI, ICAT)"},
             "ierf": ierf}
-    q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "",
+    q = {"pinnedIds": [], "supernodes": [g for g in groups if len(g) > 1],
+         "linkType": "both", "clickedId": "",
          "sg_pos": "", "pruning": graph.metadata.get("pruning")}
     return {"metadata": meta, "qParams": q, "nodes": nodes, "links": links}
 
@@ -165,7 +170,35 @@ def from_dict(data: Any, where: str = "the document") -> ConceptGraph:
                          torch.tensor([outs[c]["token_prob"] for c in classes.tolist()]),
                          [], dict(ierf["metadata"]))
     graph.edges = _edges(graph, ierf["edges"], data["links"], nodes, where)
+    groups = _supernodes(data.get("qParams"), nodes, where)
+    if groups:
+        graph.metadata["supernodes"] = groups
     return graph
+
+
+def _supernodes(q: Any, nodes: Mapping[str, Any], where: str) -> dict[str, list[str]]:
+    """``qParams.supernodes`` (``[[name, node_id, ...], ...]``) as name → node ids; a name
+    used twice gets `` (2)``, `` (3)``, ... appended."""
+    found = q.get("supernodes") if isinstance(q, dict) else None
+    if not found:
+        return {}
+    if not isinstance(found, list):
+        raise IerfError(f"{where}: qParams.supernodes must be a list of [name, node_id, ...]")
+    out: dict[str, list[str]] = {}
+    for group in found:
+        if not isinstance(group, list) or len(group) < 2 or \
+                not all(isinstance(g, str) for g in group):
+            raise IerfError(f"{where}: supernode {group!r} is not [name, node_id, ...]")
+        unknown = [i for i in group[1:] if i not in nodes]
+        if unknown:
+            raise IerfError(f"{where}: supernode {group[0]!r} names node {unknown[0]!r}, "
+                            "which does not exist")
+        name, n = group[0], 1
+        while name in out:
+            n += 1
+            name = f"{group[0]} ({n})"
+        out[name] = list(group[1:])
+    return out
 
 
 def _node(node_id: str, pos: int, layer: str, kind: str, feature: int, clerp: str,
