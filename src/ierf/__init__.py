@@ -23,8 +23,8 @@ _EXPORTS = {
     "OutputTarget": "ierf.targets", "PFVTarget": "ierf.targets", "ScalarTarget": "ierf.targets",
 }
 #: subpackages reachable as ``ierf.<name>`` after a plain ``import ierf``
-SUBPACKAGES = ("atlas", "bench", "concepts", "data", "fact", "graph", "local", "metrics", "models",
-               "viz")
+SUBPACKAGES = ("atlas", "bench", "cafe", "concepts", "data", "fact", "graph", "local", "metrics",
+               "models", "viz")
 __all__ = ["SRD", "Attributor", "ClassTarget", "ConceptBasis", "ConceptTarget", "IerfError",
            "LatentTarget", "Model", "OutputTarget", "PFVTarget", "PFVs", "ScalarTarget",
            "Subnetwork", "UnknownNameError", "WeightsUnavailableError", "as_model", "attributor",

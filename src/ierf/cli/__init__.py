@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from ierf.errors import IerfError
 
 #: modules adding top-level subcommands (``register(sub)``)
-COMMANDS = ("ierf.cli.explain", "ierf.cli.atlas", "ierf.cli.concepts", "ierf.cli.graph")
+COMMANDS = ("ierf.cli.explain", "ierf.cli.atlas", "ierf.cli.concepts", "ierf.cli.graph",
+            "ierf.cli.cafe")
 #: modules adding ``ierf bench`` subcommands (``register(bench_sub)``)
 BENCH_COMMANDS: tuple[str, ...] = ("ierf.cli.bench_local", "ierf.cli.bench_concepts",
-                                     "ierf.cli.bench_graph")
+                                     "ierf.cli.bench_graph", "ierf.cli.bench_cafe")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

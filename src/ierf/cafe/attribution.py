@@ -1,0 +1,106 @@
+"""Latent iERFs (IERF Eq. 10): the attribution ``A(p | z_k, I)`` of input pixels to a latent.
+
+One call grounds many (latent, image) pairs: image ``i`` of ``x`` explains its own latent
+(:class:`~ierf.cafe.latents.PairTarget`), so each method runs one batched pass.
+
+========================  ==========================================================
+``attnlrp`` (default)     AttnLRP (Achtibat et al. 2024), the paper's choice (Sec. V-B)
+``srd``                   SRD with frozen attention weights and LayerNorm σ (Sec. IV)
+``integrated-gradients``  Captum's IG from a baseline input (default zeros), Σ over colours
+``gradient``              Captum's saliency, max over colours of |∂z/∂x|
+``grad-x-input``          Captum's input × gradient, Σ over colours
+========================  ==========================================================
+
+The activation-ranking baseline is not a pixel map: see :func:`ierf.cafe.insertion.patch_scores`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+
+from ierf.cafe.latents import LatentPairs, PairTarget, check_basis, check_latents
+from ierf.concepts.basis import ConceptBasis
+from ierf.errors import IerfError, unknown_name
+from ierf.models.hooks import forward_until
+from ierf.models.model import Model
+from ierf.models.pfv import to_pfvs
+
+METHODS = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input")
+CAPTUM = {"integrated-gradients": "IntegratedGradients", "gradient": "Saliency",
+          "grad-x-input": "InputXGradient"}
+
+
+def latent_score(model: Model, target: PairTarget) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x ↦ z(x)`` of ``target``: the network run only up to its layer, one score per image.
+    Batches that tile the pairs step by step (Captum's IG paths) are matched by tiling."""
+    module = model.module(target.layer)
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        outs: list[torch.Tensor] = []
+        forward_until(model.net, x, module, outs.append)
+        return target.scalar(to_pfvs(outs[0], model.num_prefix_tokens, model.patch_grid))
+
+    return score
+
+
+def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: LatentPairs,
+                 method: str = "attnlrp", *, baselines: torch.Tensor | float | None = None,
+                 n_steps: int = 16, internal_batch_size: int = 64, batch_size: int = 64
+                 ) -> torch.Tensor:
+    """``(P, H, W)`` iERF of each pair's latent on its image ``x[pairs.image]`` (Eq. 10).
+
+    Parameters
+    ----------
+    model, basis : the model and an SAE basis of one of its layers (checked).
+    x : (B, 3, H, W) images the pairs index.
+    pairs : from :func:`~ierf.cafe.latents.select_pairs`; its readout decides the scalar.
+    method : one of :data:`METHODS`.
+    baselines : integrated gradients' reference input (``None``: zeros, i.e. the dataset
+        mean colour after normalisation); a (B, 3, H, W) tensor is indexed like ``x``.
+    n_steps, internal_batch_size : integrated gradients' path points and images per pass.
+    batch_size : pairs per batched pass (memory grows with it).
+    """
+    if method not in METHODS:
+        raise unknown_name("CAFE attribution method", method, METHODS)
+    check_basis(model, basis)
+    check_latents(basis, pairs.latent)
+    if len(pairs) == 0:
+        raise IerfError("no (latent, image) pairs to ground: no latent is active on these "
+                        "images; give more images or other latents")
+    if isinstance(baselines, torch.Tensor) and baselines.dim() == 4:
+        baselines = baselines[pairs.image]
+    maps = []
+    for i in range(0, len(pairs), batch_size):
+        rows = slice(i, i + batch_size)
+        base = baselines[rows] if isinstance(baselines, torch.Tensor) and \
+            baselines.dim() == 4 else baselines
+        maps.append(_maps(model, basis, x[pairs.image[rows]], pairs[rows].target(basis),
+                          method, base, n_steps, internal_batch_size))
+    return torch.cat(maps)
+
+
+def _maps(model: Model, basis: ConceptBasis, x: torch.Tensor, target: PairTarget,
+          method: str, baselines: torch.Tensor | float | None, n_steps: int,
+          internal_batch_size: int) -> torch.Tensor:
+    """One batched pass of ``method``: image ``i`` of ``x`` explains pair ``i``."""
+    if method == "attnlrp":
+        from ierf.local.attnlrp import AttnLRP
+        return AttnLRP(model).attribute(x, target)
+    if method == "srd":
+        from ierf.local.srd import SRD
+        return SRD(model, layer=basis.layer).attribute(x, target)
+    captum = importlib.import_module("captum.attr")
+    attributor = getattr(captum, CAPTUM[method])(latent_score(model, target))
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        if method == "integrated-gradients":
+            attr = attributor.attribute(x, baselines=baselines, n_steps=n_steps,
+                                        internal_batch_size=internal_batch_size)
+        elif method == "gradient":
+            return attributor.attribute(x, abs=True).amax(1).detach()
+        else:
+            attr = attributor.attribute(x)
+    return attr.sum(1).detach()

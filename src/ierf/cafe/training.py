@@ -1,0 +1,319 @@
+"""Train SAEs on a model's tokens, per layer and token kind, streamed over an image set
+(IERF Sec. V-A, Eqs. 8–9; Sec. V-C: one Matryoshka SAE per layer).
+
+:class:`SAETrainer` runs each image batch through the model once, for every layer asked
+for, and feeds each (layer, token kind)'s :class:`~ierf.cafe.streaming.TokenBuffer`; a full
+buffer is shuffled and drained into that SAE's Adam steps (``sae.loss``, then
+``sae.constrain``: any :class:`~ierf.concepts.extractors.SAEBase` of
+:data:`ierf.concepts.fitting.METHODS` trains this way). Each SAE's decoder bias starts at the
+mean of its first buffer.
+
+Progress is checkpointed into ``OUT/checkpoint.safetensors`` (SAE weights, Adam moments,
+buffered tokens, random state, position in the stream, settings), written atomically; a
+run with the same settings resumes where the last one stopped, bit for bit, and one with
+other settings is refused. At the end each SAE is saved as a
+:class:`~ierf.concepts.basis.ConceptBasis` folder ``OUT/<layer>-<tokens>/`` and the
+checkpoint is removed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ierf.cafe.streaming import ImageStream, TokenBuffer
+from ierf.concepts.basis import TOKEN_KINDS, ConceptBasis
+from ierf.concepts.extractors import SAEBase, SparseAutoencoder, TopKSAE
+from ierf.concepts.fitting import METHODS
+from ierf.errors import IerfError, unknown_name
+from ierf.io import atomic_path
+from ierf.models.fingerprint import weights_fingerprint
+from ierf.models.model import Model
+from ierf.models.pfv import PFVs
+from ierf.store import ConfigMismatchError, as_stored, differences
+
+SAE_METHODS = tuple(name for name, cls in METHODS.items() if issubclass(cls, SAEBase))
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class SAETraining:
+    """What to train: the SAE (``method``, ``K``, ``k`` or ``l1_coeff``) and how.
+
+    Parameters
+    ----------
+    method : one of :data:`SAE_METHODS` (default ``matryoshka-sae``, the paper's).
+    n_concepts : latents ``K`` (``None``: ``8 C``).
+    k : active latents per token (TopK family).
+    l1_coeff : λ of Eq. 9 (ReLU ``sae``).
+    epochs : passes over the images (each one runs the model again).
+    passes : Adam passes over each full buffer before it is refilled (reuses tokens: cheap
+        extra steps on a small image set; 1 for a large one).
+    batch_size : tokens per Adam step.
+    buffer_tokens : capacity of each (layer, kind)'s buffer, in tokens.
+    image_batch : images per forward pass.
+    lr : Adam's learning rate.
+    seed : seeds the SAEs' initial weights and the shuffling.
+    """
+
+    method: str = "matryoshka-sae"
+    n_concepts: int | None = None
+    k: int = 8
+    l1_coeff: float = 1e-2
+    epochs: int = 1
+    passes: int = 1
+    batch_size: int = 256
+    buffer_tokens: int = 65536
+    image_batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in SAE_METHODS:
+            raise unknown_name("SAE method", self.method, SAE_METHODS)
+        for name in ("epochs", "passes", "batch_size", "buffer_tokens", "image_batch", "k"):
+            if getattr(self, name) < 1:
+                raise IerfError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.buffer_tokens < self.batch_size:
+            raise IerfError(f"the buffer ({self.buffer_tokens} tokens) must hold at least one "
+                            f"minibatch ({self.batch_size} tokens)")
+
+    def build(self, n_features: int) -> SAEBase:
+        """A fresh SAE for ``n_features``-channel tokens."""
+        cls = METHODS[self.method]
+        opts = ({"k": self.k} if issubclass(cls, TopKSAE) else
+                {"l1_coeff": self.l1_coeff} if issubclass(cls, SparseAutoencoder) else {})
+        return cls(n_features, self.n_concepts, seed=self.seed, **opts)
+
+
+def tokens_of(pfvs: PFVs, kind: str) -> torch.Tensor:
+    """``(B, T, C)`` tokens of ``kind`` (as :meth:`ConceptBasis.select`)."""
+    if kind == "patch":
+        return pfvs.vectors
+    if kind == "cls":
+        return pfvs.prefix[:, :1]
+    return torch.cat([pfvs.prefix, pfvs.vectors], 1)
+
+
+class SAETrainer:
+    """SAEs for ``layers`` × ``tokens`` of ``model``, trained on ``images`` into ``out``.
+
+    Everything that can be checked before the first forward pass is: layer names, CLS
+    tokens, the token count (at least one minibatch of each kind per epoch), and settings
+    against a checkpoint or finished SAEs in ``out``.
+    """
+
+    def __init__(self, model: Model, images: ImageStream, layers: Sequence[str],
+                 out: str | Path, tokens: Sequence[str] = ("patch",),
+                 config: SAETraining = SAETraining(), device: str | torch.device = "cpu"
+                 ) -> None:
+        self.model, self.images, self.out, self.config = model, images, Path(out), config
+        self.device = torch.device(device)
+        self.layers, self.kinds = list(dict.fromkeys(layers)), list(dict.fromkeys(tokens))
+        if not self.layers or not self.kinds:
+            raise IerfError("give at least one layer and one token kind")
+        for kind in self.kinds:
+            if kind not in TOKEN_KINDS:
+                raise unknown_name("token kind", kind, TOKEN_KINDS)
+            if kind != "patch" and not model.num_prefix_tokens:
+                raise IerfError(f"{model.name} has no CLS token: train on tokens='patch'")
+        for layer in self.layers:
+            model.module(layer)
+        self.keys = [(layer, kind) for layer in self.layers for kind in self.kinds]
+        self.n_batches = -(-len(images) // config.image_batch)
+        self.settings = as_stored({
+            "model": model.name, "fingerprint": weights_fingerprint(model.net),
+            "images": images.describe(), "layers": self.layers, "tokens": self.kinds,
+            **asdict(config)})
+
+    def name(self, layer: str, kind: str) -> str:
+        """Folder (and checkpoint prefix) of one SAE: ``<layer>-<kind>``."""
+        return f"{layer}-{kind}"
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, progress: bool = True, stop_after: int | None = None
+            ) -> dict[str, ConceptBasis] | None:
+        """Train (resuming from a checkpoint in ``out``) and save the bases.
+
+        ``stop_after``: process at most this many image batches in this call, checkpoint and
+        return ``None`` (call again to go on). Returns ``{"<layer>-<kind>": basis}`` when done.
+        """
+        finished = self._finished()
+        if finished is not None:
+            return finished
+        self._setup()
+        total = self.config.epochs * self.n_batches
+        done_now = 0
+        bar = tqdm(total=total, initial=self.position, desc="SAE training", unit="batch",
+                   disable=not progress)
+        try:
+            while self.position < total:
+                if stop_after is not None and done_now >= stop_after:
+                    self._checkpoint()
+                    return None
+                self._step(self.position % self.n_batches)
+                self.position += 1
+                done_now += 1
+                bar.update()
+                bar.set_postfix({k: f"{v:.3g}" for k, v in self.losses.items()})
+                if self.position % self.checkpoint_every == 0:
+                    self._checkpoint()
+        finally:
+            bar.close()
+        for key in self.keys:
+            if self.buffers[key].size:
+                self._train(key)
+        return self._save()
+
+    checkpoint_every: int = 20
+
+    def _setup(self) -> None:
+        """Probe one image, build SAEs, optimisers and buffers, and load a checkpoint."""
+        cfg = self.config
+        if len(self.images) == 0:
+            raise IerfError("the image set is empty")
+        probe = self._tokens(self.images.load(0, 1))
+        short = [f"{self.name(*key)}: {len(self.images)} images × {len(t)} tokens"
+                 for key, t in probe.items() if len(self.images) * len(t) < cfg.batch_size]
+        if short:
+            raise IerfError(f"image set too small: {'; '.join(short)} < one minibatch of "
+                            f"{cfg.batch_size} tokens; give more images or a smaller batch size")
+        self.saes: dict[tuple[str, str], SAEBase] = {}
+        self.opts: dict[tuple[str, str], torch.optim.Adam] = {}
+        self.buffers: dict[tuple[str, str], TokenBuffer] = {}
+        for key, t in probe.items():
+            sae = cfg.build(t.shape[1]).to(self.device)
+            self.saes[key] = sae
+            self.opts[key] = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+            self.buffers[key] = TokenBuffer(cfg.buffer_tokens, t.shape[1], self.device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.position = 0
+        self.steps = {self.name(*k): 0 for k in self.keys}
+        self.losses: dict[str, float] = {}
+        self._load_checkpoint()
+
+    @torch.no_grad()
+    def _tokens(self, x: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
+        pfvs = self.model.pfvs(x.to(self.device), self.layers)
+        return {(layer, kind): tokens_of(pfvs[layer], kind).flatten(0, 1)
+                for layer, kind in self.keys}
+
+    def _step(self, batch: int) -> None:
+        start = batch * self.config.image_batch
+        x = self.images.load(start, min(start + self.config.image_batch, len(self.images)))
+        for key, tokens in self._tokens(x).items():
+            buffer = self.buffers[key]
+            buffer.add(tokens)
+            while buffer.full:
+                self._train(key)
+
+    def _train(self, key: tuple[str, str]) -> None:
+        """Drain ``key``'s buffer into Adam steps on its SAE."""
+        sae, opt, buffer = self.saes[key], self.opts[key], self.buffers[key]
+        name = self.name(*key)
+        if self.steps[name] == 0 and sae.decoder.bias is not None:
+            with torch.no_grad():
+                sae.decoder.bias.copy_(buffer.data[:buffer.size].mean(0))
+        sae.train()
+        total, count = 0.0, 0
+        for batch in buffer.drain(self.config.batch_size, self.generator,
+                                   self.config.passes):
+            loss = sae.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sae.constrain()
+            self.steps[name] += 1
+            total, count = total + loss.item() * len(batch), count + len(batch)
+        sae.eval()
+        self.losses[name] = total / max(count, 1)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _save(self) -> dict[str, ConceptBasis]:
+        bases = {}
+        for (layer, kind), sae in self.saes.items():
+            name = self.name(layer, kind)
+            basis = ConceptBasis.bind(sae, self.model, layer, tokens=kind,
+                                      method=self.config.method, images=self.images.describe(),
+                                      steps=self.steps[name], final_loss=self.losses.get(name),
+                                      training=self.settings)
+            basis.save(self.out / name)
+            bases[name] = basis
+        (self.out / CHECKPOINT).unlink(missing_ok=True)
+        return bases
+
+    def _finished(self) -> dict[str, ConceptBasis] | None:
+        """The bases of a finished run with these settings; refuses other settings'."""
+        if (self.out / CHECKPOINT).exists():
+            return None
+        folders = [self.out / self.name(*key) for key in self.keys]
+        present = [f for f in folders if f.exists()]
+        if not present:
+            return None
+        bases = {f.name: ConceptBasis.load(f) for f in present}
+        for name, basis in bases.items():
+            stored = basis.provenance.get("training", {})
+            if changes := differences(stored, self.settings):
+                raise ConfigMismatchError(f"{str(self.out / name)!r} holds an SAE trained with "
+                                          f"other settings ({'; '.join(changes)}); choose "
+                                          "another output folder or delete it")
+        return bases if len(present) == len(folders) else None
+
+    def _checkpoint(self) -> None:
+        tensors = {"rng": self.generator.get_state()}
+        for key, sae in self.saes.items():
+            name = self.name(*key)
+            for k, v in sae.state_dict().items():
+                tensors[f"{name}/sae/{k}"] = v
+            for i, state in self.opts[key].state_dict()["state"].items():
+                for k, v in state.items():
+                    tensors[f"{name}/adam/{i}/{k}"] = torch.as_tensor(v)
+            for k, v in self.buffers[key].state().items():
+                tensors[f"{name}/buffer/{k}"] = v
+        meta = {"settings": self.settings, "position": self.position, "steps": self.steps,
+                "losses": self.losses}
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        with atomic_path(self.out / CHECKPOINT) as tmp:
+            save_file(tensors, tmp, metadata={"ierf": json.dumps(meta)})
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return
+        try:
+            with safe_open(path, framework="pt", device=str(self.device)) as f:
+                meta = json.loads(f.metadata()["ierf"])
+                names = list(f.keys())
+                tensors = {k: f.get_tensor(k) for k in names}
+        except Exception as e:  # noqa: BLE001 - any damage means the same thing
+            raise IerfError(f"{path} is not a readable SAE checkpoint ({e}); delete it to "
+                            "start afresh") from None
+        if changes := differences(meta["settings"], self.settings):
+            raise ConfigMismatchError(f"{str(path)!r} holds a run with other settings "
+                                      f"({'; '.join(changes)}); re-run with the same options "
+                                      "to resume, or choose another output folder")
+        self.generator.set_state(tensors["rng"].cpu())
+        for key, sae in self.saes.items():
+            name = self.name(*key)
+            sae.load_state_dict({k.removeprefix(f"{name}/sae/"): v for k, v in tensors.items()
+                                 if k.startswith(f"{name}/sae/")})
+            opt = self.opts[key]
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for k, v in tensors.items():
+                if k.startswith(f"{name}/adam/"):
+                    i, field = k.removeprefix(f"{name}/adam/").split("/")
+                    state.setdefault(int(i), {})[field] = v.cpu() if field == "step" else v
+            opt.load_state_dict({"state": state,
+                                 "param_groups": opt.state_dict()["param_groups"]})
+            self.buffers[key].load_state({k: tensors[f"{name}/buffer/{k}"]
+                                          for k in ("data", "overflow")})
+        self.position, self.steps, self.losses = meta["position"], meta["steps"], meta["losses"]
