@@ -45,13 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     from ierf.viz.curves import save_curves
 
     atlas = open_atlas(args.atlas)
-    layers = parse_layers(args.layers)
+    layers = parse_layers(args.layers, atlas)
     if len(layers) < 2:
         raise IerfError("--layers needs at least two layers (a source and a target)")
-    missing = [layer for layer in layers if layer not in atlas.layers]
-    if missing:
-        raise IerfError(f"atlas {args.atlas} has no layer {', '.join(map(repr, missing))} (it "
-                        f"has {', '.join(atlas.layers)})")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     model = atlas.model()
     model.net.to(args.device)

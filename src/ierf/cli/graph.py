@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_show_parser(gsub)
 
 
-def parse_layers(text: str) -> list[str]:
+def parse_layers(text: str, atlas: Any) -> list[str]:
+    """The ``--layers`` chain, each layer distinct and sampled in ``atlas``."""
     from ierf.errors import IerfError
 
     layers = [s.strip() for s in text.split(",") if s.strip()]
@@ -71,6 +72,10 @@ def parse_layers(text: str) -> list[str]:
         raise IerfError("--layers needs at least one layer, e.g. --layers layer2,layer3")
     if len(set(layers)) != len(layers):
         raise IerfError(f"--layers lists a layer twice: {text}")
+    missing = [layer for layer in layers if layer not in atlas.layers]
+    if missing:
+        raise IerfError(f"atlas {atlas.path} has no layer {', '.join(map(repr, missing))} (it "
+                        f"has {', '.join(atlas.layers)}); build an atlas with these layers")
     return layers
 
 
@@ -150,11 +155,7 @@ def _build(args: argparse.Namespace) -> int:
     from ierf.graph.dataset import build_dataset_graph
 
     atlas = open_atlas(args.atlas)
-    layers = parse_layers(args.layers)
-    missing = [layer for layer in layers if layer not in atlas.layers]
-    if missing:
-        raise IerfError(f"atlas {args.atlas} has no layer {', '.join(map(repr, missing))} (it "
-                        f"has {', '.join(atlas.layers)}); build an atlas with these layers")
+    layers = parse_layers(args.layers, atlas)
     model = atlas.model()
     model.net.to(args.device)
     check_chain(model, layers)
