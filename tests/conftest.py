@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import ierf
+from ierf.concepts import BisectingSphericalKMeans
+from ierf.concepts.basis import ConceptBasis
 
 torch.set_num_threads(2)
 
@@ -43,3 +45,18 @@ def toy() -> ierf.Model:
 @pytest.fixture(scope="session")
 def toy_vit() -> ierf.Model:
     return ierf.load_model("toy-vit")
+
+
+@pytest.fixture(scope="session")
+def fit_basis():
+    """``fit_basis(model, pfvs, layer, k)``: a small bisecting k-means basis of 256 of
+    ``pfvs[layer]``'s vectors, bound to ``layer`` (the graph tests' bases)."""
+
+    def fit(model: ierf.Model, pfvs: dict, layer: str, k: int) -> ConceptBasis:
+        X = pfvs[layer].vectors.flatten(0, 1)
+        X = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:256]]
+        km = BisectingSphericalKMeans(k, center=X.mean(0), n_init=1, max_iter=10, alpha=0.01,
+                                      lasso_max_iter=200, lasso_tol=1e-2).fit(X)
+        return ConceptBasis.bind(km, model, layer, path=f"bases/{layer}")
+
+    return fit

@@ -8,8 +8,6 @@ import pytest
 import torch
 
 import ierf
-from ierf.concepts import BisectingSphericalKMeans
-from ierf.concepts.basis import ConceptBasis
 from ierf.data.synthetic import generate
 from ierf.errors import IerfError
 from ierf.graph import ConceptGraph, build_graph, concept_importance, from_json, icat, to_json
@@ -21,16 +19,8 @@ A, B = "layer2", "layer3"
 STEPS = 2
 
 
-def fit_basis(model: ierf.Model, pfvs: dict, layer: str, k: int) -> ConceptBasis:
-    X = pfvs[layer].vectors.flatten(0, 1)
-    X = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:256]]
-    km = BisectingSphericalKMeans(k, center=X.mean(0), n_init=1, max_iter=10, alpha=0.01,
-                                  lasso_max_iter=200, lasso_tol=1e-2).fit(X)
-    return ConceptBasis.bind(km, model, layer, path=f"bases/{layer}")
-
-
 @pytest.fixture(scope="module")
-def setup() -> dict:
+def setup(fit_basis) -> dict:
     model = ierf.load_model("toy-resnet")
     with torch.no_grad():
         fit = model.pfvs(model.normalize(generate(16, seed=1, split="train").images), [A, B])

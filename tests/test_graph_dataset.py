@@ -140,6 +140,9 @@ def test_graph_info_prints_the_summary(built, capsys) -> None:
     g = built["graph"]
     assert repr(g) in out and f"class {g.class_names[0]}" in out
     assert "IG completeness layer3 → output" in out
+    kept = g.prune_by_influence(0.8)
+    assert (f"influence on the class nodes (ConceptGraph.prune_by_influence): layer2 "
+            f"{len(kept.nodes['layer2'].index)}/{len(g.nodes['layer2'].index)}") in out
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 
 import ierf
-from ierf.concepts import BisectingSphericalKMeans
-from ierf.concepts.basis import ConceptBasis
 from ierf.data.synthetic import generate
 from ierf.errors import IerfError
 from ierf.graph import build_graph
@@ -139,16 +137,8 @@ def test_bad_input_is_refused() -> None:
 LAYERS = ("layer2", "layer3")
 
 
-def fit_basis(model: ierf.Model, pfvs: dict, layer: str, k: int) -> ConceptBasis:
-    X = pfvs[layer].vectors.flatten(0, 1)
-    X = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:256]]
-    km = BisectingSphericalKMeans(k, center=X.mean(0), n_init=1, max_iter=10, alpha=0.01,
-                                  lasso_max_iter=200, lasso_tol=1e-2).fit(X)
-    return ConceptBasis.bind(km, model, layer, path=f"bases/{layer}")
-
-
 @pytest.fixture(scope="module")
-def toy() -> dict:
+def toy(fit_basis) -> dict:
     model = ierf.load_model("toy-resnet")
     with torch.no_grad():
         fit = model.pfvs(model.normalize(generate(16, seed=1, split="train").images), LAYERS)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 #: the names of :data:`ierf.graph.METHODS`, here so that ``--help`` needs no torch
-ICAT_METHODS = ("ig", "gradient", "gradient_x_input", "coefficient", "random")
+ICAT_METHODS = ("ig", "gradient", "gradient_x_input", "deeplift", "lrp", "shapley", "coefficient",
+                "random")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = gsub.add_parser("info", help="summarise a concept graph")
     i.add_argument("graph", help="graph folder or graph.json")
     i.add_argument("--top", type=int, default=5, help="concepts listed per class (default 5)")
+    i.add_argument("--influence", type=float, default=0.8,
+                   help="report the fewest concepts per layer that carry this share of the "
+                        "influence on the class nodes (default 0.8)")
     i.set_defaults(run=_info)
 
     e = gsub.add_parser("explain", help="per-image concept graph and the strongest routes "
@@ -216,6 +220,11 @@ def _info(args: argparse.Namespace) -> int:
             print(f"  IG completeness {e.source} → {e.target}: max |gap| "
                   f"{float(e.gap.abs().max()):.3g} ({float(e.gap.abs().max()) / scale:.2%} of "
                   "the largest column sum)")
+    pruned = graph.prune_by_influence(node_threshold=args.influence)
+    counts = ", ".join(f"{layer} {len(pruned.nodes[layer].index)}/{len(n.index)}"
+                       for layer, n in graph.nodes.items())
+    print(f"  concepts carrying {args.influence:.0%} of the influence on the class nodes "
+          f"(ConceptGraph.prune_by_influence): {counts}")
     return 0
 
 
@@ -306,34 +315,49 @@ def atlas_thumbnails(atlas: Any, bases: dict) -> dict:
     return out
 
 
+def load_graph_context(path: str | Path, device: str = "cpu") -> tuple[Any, Any, Any, dict]:
+    """A built graph folder → ``(graph, model, atlas or None, bases)``, model and bases on
+    ``device`` (what `graph explain` and `diagnose` start from)."""
+    from ierf.graph.dataset import read_graph
+
+    dataset = read_graph(path)
+    model, atlas = graph_model(dataset)
+    model.net.to(device)
+    bases = {l: b.to(device) for l, b in graph_bases(dataset, model).items()}
+    return dataset, model, atlas, bases
+
+
+def read_image(image: str, model: Any, atlas: Any) -> tuple[Any, str]:
+    """The ``IMAGE`` argument → (model-ready ``(1, 3, H, W)``, a short name): an image file,
+    a bundled photo, or an integer: that image of the graph's atlas."""
+    from ierf.data.images import load_image
+    from ierf.errors import IerfError
+
+    if image.isdigit() and not Path(image).exists():
+        if atlas is None:
+            raise IerfError(f"image {image}: an index needs the graph's atlas, which is "
+                            "gone; give an image file")
+        if int(image) >= len(atlas.images):
+            raise IerfError(f"image index {image} is out of range: the atlas has "
+                            f"{len(atlas.images)} images")
+        return atlas.load_images([int(image)]), f"image{int(image)}"
+    return model.preprocess(load_image(image)), Path(image).stem
+
+
 def _explain(args: argparse.Namespace) -> int:
     import json
 
     import torch
 
-    from ierf.data.images import load_image
     from ierf.errors import IerfError
     from ierf.graph import build_graph, to_json
-    from ierf.graph.dataset import read_graph
     from ierf.graph.routes import locate_nodes, trace_routes
     from ierf.io import atomic_path
     from ierf.targets import class_index
     from ierf.viz.graph import draw_routes, node_thumbnails
 
-    dataset = read_graph(args.graph)
-    model, atlas = graph_model(dataset)
-    model.net.to(args.device)
-    bases = {l: b.to(args.device) for l, b in graph_bases(dataset, model).items()}
-    if args.image.isdigit() and not Path(args.image).exists():
-        if atlas is None:
-            raise IerfError(f"image {args.image}: an index needs the graph's atlas, which is "
-                            "gone; give an image file")
-        if int(args.image) >= len(atlas.images):
-            raise IerfError(f"image index {args.image} is out of range: the atlas has "
-                            f"{len(atlas.images)} images")
-        x, stem = atlas.load_images([int(args.image)]), f"image{int(args.image)}"
-    else:
-        x, stem = model.preprocess(load_image(args.image)), Path(args.image).stem
+    dataset, model, atlas, bases = load_graph_context(args.graph, args.device)
+    x, stem = read_image(args.image, model, atlas)
     x = x.to(args.device)
     with torch.no_grad():
         logits = model(x)[0]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ierf.errors import IerfError
+from ierf.graph.influence import cumulative_keep, edge_influence, node_influence
 
 OUTPUT = "output"
 ERROR = "error"
@@ -177,6 +178,39 @@ class ConceptGraph:
         meta = {**self.metadata, "pruning": {"top_k_per_class": top_k_per_class,
                                              "top_shared": top_shared,
                                              "top_parents": top_parents}}
+        return replace(self, nodes=nodes, edges=edges, metadata=meta)
+
+    def prune_by_influence(self, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                           classes: Sequence[int | str] | None = None) -> ConceptGraph:
+        """A pruned copy that keeps what carries most of the influence on the class nodes
+        (circuit-tracer's cumulative-influence pruning; :mod:`ierf.graph.influence`).
+
+        Per concept layer, the fewest concepts whose influence adds up to ``node_threshold``
+        of the layer's concept influence stay (error nodes and class nodes always stay);
+        per layer pair, the fewest edges between kept nodes whose influence adds up to
+        ``edge_threshold`` of theirs. The class nodes are weighted by their mean
+        probability, or equally over ``classes`` (indices or names) when given.
+        """
+        if classes is None:
+            weights = self.probs.float()
+        else:
+            weights = torch.zeros(len(self.classes))
+            weights[[self.class_column(c) for c in classes]] = 1.0
+        influence = node_influence([e.weights.float() for e in self.edges], weights)
+        kept = {e.source: cumulative_keep(i[:-1], node_threshold).nonzero().flatten()
+                for e, i in zip(self.edges, influence)}
+        nodes = {layer: n.select(kept[layer]) for layer, n in self.nodes.items()}
+        edges = []
+        for k, e in enumerate(self.edges):
+            rows = torch.cat([kept[e.source], kept[e.source].new_tensor([-1])])
+            cols = kept.get(e.target, torch.arange(e.weights.shape[1]))
+            target = weights / weights.sum() if e.target == OUTPUT else influence[k + 1][:-1]
+            flow = edge_influence(e.weights.float(), target)[rows][:, cols]
+            w = e.weights[rows][:, cols] * cumulative_keep(flow, edge_threshold)
+            gap = None if e.gap is None else e.gap[cols]
+            edges.append(replace(e, weights=w, gap=gap))
+        meta = {**self.metadata, "pruning": {"node_threshold": node_threshold,
+                                             "edge_threshold": edge_threshold}}
         return replace(self, nodes=nodes, edges=edges, metadata=meta)
 
     def normalised(self) -> ConceptGraph:

@@ -39,11 +39,14 @@ from torch.nn.modules.module import register_module_forward_hook
 
 from ierf.concepts.basis import ConceptBasis
 from ierf.errors import IerfError, unknown_name
+from ierf.graph.icat_variants import VARIANTS, variant_edges
 from ierf.graph.pair import LayerPair, prepare
 from ierf.models.pfv import PFVs
 from ierf.models.subnetwork import Subnetwork
 
-METHODS = ("ig", "gradient", "gradient_x_input", "coefficient", "random")
+METHODS = ("ig", "gradient", "gradient_x_input", *VARIANTS, "coefficient", "random")
+COMPLETE = ("ig", "deeplift", "shapley")
+"""Methods whose edges add up to ``S(X̂^a) − S(x̂_0)`` (exactly, or as IG up to quadrature)."""
 MODES = ("auto", "reverse", "forward")
 Targets = Sequence[int] | torch.Tensor | None
 BUDGET = 1 << 26
@@ -86,7 +89,7 @@ def icat(sub: Subnetwork, basis_a: ConceptBasis, basis_b: ConceptBasis | None,
          n_steps: int = 32, rule: str = "gausslegendre",
          internal_batch_size: int | None = None, target_batch_size: int | None = None,
          U_a: torch.Tensor | None = None, U_b: torch.Tensor | None = None, seed: int = 0,
-         return_convergence_delta: bool = False, mode: str = "auto"
+         return_convergence_delta: bool = False, mode: str = "auto", n_samples: int = 16
          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """ICAT edge weights ``ICAT(v_q^a → v_t^b)`` (Eq. 14) for a batch of images.
 
@@ -106,6 +109,8 @@ def icat(sub: Subnetwork, basis_a: ConceptBasis, basis_b: ConceptBasis | None,
         - ``"gradient"``: ``Σ_p ∂S/∂u_pq`` at ``α = 1`` (sensitivity to adding ``v_q``
           everywhere; positions where ``v_q`` is absent count too).
         - ``"gradient_x_input"``: ``Σ_p u_pq ∂S/∂u_pq`` at ``α = 1``.
+        - ``"deeplift"``, ``"lrp"``, ``"shapley"``: DeepLIFT-Rescale, LRP-ε and Shapley
+          value sampling over the concepts (:mod:`ierf.graph.icat_variants`).
         - ``"coefficient"``: ``Σ_p |u_pq|``, the same for every target (a baseline that
           ranks parents by presence alone).
         - ``"random"``: i.i.d. uniform scores, seeded by ``seed`` (baseline).
@@ -115,11 +120,14 @@ def icat(sub: Subnetwork, basis_a: ConceptBasis, basis_b: ConceptBasis | None,
     target_batch_size : most targets per vmapped backward (or source concepts per vmapped
         forward-mode pass); by default as many as fit in :data:`BUDGET` floats.
     U_a, U_b : precomputed coefficients (see :func:`ierf.graph.pair.prepare`).
-    return_convergence_delta : ``"ig"`` only: also return the completeness error
-        ``Σ_q ICAT(q → t) − (S(X̂^a) − S(x̂_0))`` (B, T), like Captum's.
+    return_convergence_delta : methods of :data:`COMPLETE` only: also return the
+        completeness error ``Σ_q ICAT(q → t) − (S(X̂^a) − S(x̂_0))`` (B, T), like Captum's.
     mode : ``"reverse"`` (one backward per active target), ``"forward"`` (one forward-mode
         pass per active source concept) or ``"auto"``: per group of images, whichever needs
-        fewer passes. Both give the same edges up to float rounding.
+        fewer passes. Both give the same edges up to float rounding. IG and the gradients
+        only.
+    n_samples : ``"shapley"``: permutations per image (all of them when the image's active
+        concepts have no more orderings than this: exact Shapley values).
 
     Returns
     -------
@@ -129,10 +137,12 @@ def icat(sub: Subnetwork, basis_a: ConceptBasis, basis_b: ConceptBasis | None,
         raise unknown_name("ICAT method", method, METHODS)
     if mode not in MODES:
         raise unknown_name("ICAT mode", mode, MODES)
-    if return_convergence_delta and method != "ig":
-        raise IerfError("return_convergence_delta needs method='ig'")
-    if any(n is not None and n < 1 for n in (internal_batch_size, target_batch_size)):
-        raise IerfError("internal_batch_size and target_batch_size must be >= 1")
+    if return_convergence_delta and method not in COMPLETE:
+        raise IerfError(f"return_convergence_delta needs a method of {', '.join(COMPLETE)}; "
+                        f"{method!r} does not add up to S(X̂^a) − S(x̂_0)")
+    if any(n is not None and n < 1 for n in (internal_batch_size, target_batch_size,
+                                                n_samples)):
+        raise IerfError("internal_batch_size, target_batch_size and n_samples must be >= 1")
     pair = prepare(sub, basis_a, basis_b, inputs, U_a, U_b)
     idx = target_indices(targets, pair.n_targets).to(pair.U_a.device)
     B, _, K_a = pair.U_a.shape
@@ -145,6 +155,15 @@ def icat(sub: Subnetwork, basis_a: ConceptBasis, basis_b: ConceptBasis | None,
         active = torch.ones(B, len(idx), dtype=torch.bool, device=idx.device)
     else:
         active = (pair.U_b[..., idx] != 0).any(1)                          # (B, T)
+    if method in VARIANTS:
+        per_row = _activations(pair)
+        edges = variant_edges(pair, method, idx, active, _score, _contract,
+                              width=target_batch_size, rows=internal_batch_size or max(1, BUDGET // per_row),
+                              n_samples=n_samples, seed=seed)
+        if not return_convergence_delta:
+            return edges
+        delta = edges.sum(1) - _difference(pair, 0, B, idx)
+        return edges, delta.masked_fill(~active, 0.0)
     sources = (pair.U_a != 0).any(1) if method != "gradient" else \
         torch.ones(B, K_a, dtype=torch.bool, device=idx.device)           # (B, K_a)
     alphas, weights = quadrature(rule, n_steps) if method == "ig" else ([1.0], [1.0])
