@@ -47,9 +47,9 @@ def test_listing_commands(capsys):
     assert main(["models"]) == 0
     assert "efficientnet_lite0  (offline weights)" in capsys.readouterr().out
     assert main(["methods"]) == 0
-    assert "gradient" in capsys.readouterr().out.split()
+    assert "gradient" in [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert main(["layers", "toy-resnet"]) == 0
-    assert "layer3" in capsys.readouterr().out.split()
+    assert "layer3" in [line.split()[0] for line in capsys.readouterr().out.splitlines()]
 
 
 def test_console_script_is_installed(tmp_path):

@@ -20,6 +20,7 @@ relevance ``v ⊙ ĝ`` is the target's: 1 on the token of a :class:`~ierf.PFVTar
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -65,11 +66,16 @@ class AttnLRP(Attributor):
     """
 
     name: ClassVar[str] = "attnlrp"
+    kinds: ClassVar[tuple[str, ...]] = ("vit",)
 
     def __init__(self, model: Model | nn.Module, epsilon: float = 0.0,
                  attention: str = "attnlrp", resolution: str = "input",
                  reduce: str = "sum") -> None:
         super().__init__(model)
+        if not self.model.is_vit:
+            warnings.warn(f"attnlrp's rules change attention and normalisation only: on "
+                          f"{self.model.name}, which has neither, it gives grad-x-input's "
+                          "numbers; for a CNN use srd or lrp-zplus", stacklevel=2)
         for value, valid, what in ((attention, ATTENTION_RULES, "attention rule"),
                                    (resolution, RESOLUTIONS, "resolution"),
                                    (reduce, REDUCTIONS, "reduction")):

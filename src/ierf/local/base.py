@@ -21,6 +21,8 @@ class Attributor(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: model kinds the method is made for (``"cnn"``, ``"vit"``)
+    kinds: ClassVar[tuple[str, ...]] = ("cnn", "vit")
 
     def __init__(self, model: Model | nn.Module) -> None:
         self.model = as_model(model)

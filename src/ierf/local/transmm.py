@@ -36,6 +36,8 @@ def propagate(R: torch.Tensor, A_bar: torch.Tensor) -> torch.Tensor:
 class AttentionAttributor(Attributor):
     """Checks at construction that the model is a supported CLS-token ViT."""
 
+    kinds = ("vit",)
+
     def __init__(self, model: Model | nn.Module) -> None:
         super().__init__(model)
         self.blocks = attention_blocks(self.model)

@@ -30,6 +30,24 @@ FACT_MODELS = ["fact-toy"]  # B-cos + bias-free TopK-SAE bottleneck (ierf.fact)
 OFFLINE_MODELS = ["efficientnet_lite0", *TOY_MODELS, *FACT_MODELS]
 
 
+SYNTHETIC_MODELS = [*TOY_MODELS, *FACT_MODELS]
+"""Models trained on the synthetic benchmark's 64 × 64 scenes (:mod:`ierf.data.synthetic`)."""
+
+
+def warn_if_out_of_domain(model: Model, image: object, name: str) -> None:
+    """Warn when a model trained on 64 × 64 synthetic scenes is given anything else (a
+    photo): it still predicts one of its 8 classes, and the prediction means little."""
+    from ierf.data.synthetic import IMAGE_SIZE
+
+    size = getattr(image, "size", None)
+    if model.name in SYNTHETIC_MODELS and size != (IMAGE_SIZE, IMAGE_SIZE):
+        import warnings
+
+        warnings.warn(f"{model.name} was trained on {IMAGE_SIZE}×{IMAGE_SIZE} synthetic "
+                      f"scenes; {name} ({size[0]}×{size[1]}) is outside what it knows, so its "
+                      "prediction and explanation mean little", stacklevel=2)
+
+
 def available_models() -> list[str]:
     """Names ``load_model`` accepts (any timm model also works as ``timm/<name>``)."""
     return [*OFFLINE_MODELS, *TORCHVISION_MODELS, *TIMM_MODELS]
