@@ -181,7 +181,8 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     t = timer()
-    cached = torch.load(args.data_cache) if args.data_cache and args.data_cache.exists() else None
+    cached = (torch.load(args.data_cache, weights_only=True)
+              if args.data_cache and args.data_cache.exists() else None)
     if cached is not None and len(cached[1]) >= args.n_train:
         images, labels = cached  # the exact float32 images generate() returns
     else:

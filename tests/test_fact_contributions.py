@@ -105,3 +105,57 @@ def test_cross_layer_between_two_bottlenecks(fact_toy: ierf.Model, images) -> No
         assert _rel_ok(c.residual, c.logits)
     with pytest.raises(IerfError, match="several bottlenecks"):
         concept_contributions(two, x[:1])
+
+
+class _Biased(TopKBottleneck):
+    """A copy of a bottleneck with a bias sneaked into its encoder (``u = TopK(ReLU(W_e h +
+    b))``) or its decoder (``ĥ = D u + b``)."""
+
+    def __init__(self, base: TopKBottleneck, where: str, bias: torch.Tensor) -> None:
+        super().__init__(base.n_features, base.n_concepts, base.k)
+        self.load_state_dict(base.state_dict())
+        self.where = where
+        self.bias = torch.nn.Parameter(bias)
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        if self.where != "encoder":
+            return super().encode(h)
+        pre = torch.relu(h.movedim(1, -1) @ self.encoder.T + self.bias)
+        values, indices = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, indices, values).movedim(-1, 1)
+
+    def decode(self, u: torch.Tensor) -> torch.Tensor:
+        h = super().decode(u)
+        return h + self.bias.view(1, -1, 1, 1) if self.where == "decoder" else h
+
+
+@pytest.mark.parametrize("where", ["encoder", "decoder"])
+def test_exactness_tests_fail_if_a_bias_sneaks_into_the_sae(fact_toy: ierf.Model, images,
+                                                            where: str) -> None:
+    """FaCT refuses a biased bottleneck; smuggled in anyway, an encoder bias breaks the pixel
+    traces (u is no longer dynamic-linear in the features, Eqs. 10–12) and a decoder bias the
+    logit decomposition (the head is no longer homogeneous in u, Eq. 9) – the same ``_rel_ok``
+    checks as above then fail."""
+    x = images[0][:4]
+    net = as_fact(fact_toy)
+    base = net.bottleneck("layer2")
+    with torch.no_grad(), net.recording() as rec:
+        net(x)
+    u, h = rec.codes["layer2"], rec.features["layer2"]
+    bias = torch.full((base.n_concepts,), 0.1 * float(u[u > 0].mean())) if where == "encoder" \
+        else 0.1 * h.abs().mean((0, 2, 3))
+    biased = _Biased(base, where, bias)
+    backbone = bcos_toy_resnet(8, FACT_TOY_WIDTHS, FACT_TOY_DEPTHS)
+    backbone.load_state_dict(net.backbone.state_dict())
+    with pytest.raises(IerfError, match="bias"):
+        FaCT(backbone, {"layer2": biased})
+    smuggled = copy.deepcopy(net)
+    smuggled.bottlenecks["layer2"] = biased
+    c = concept_contributions(smuggled, x, classes=[0, 3])
+    t = concept_traces(smuggled, x, top=4)
+    assert _rel_ok(c.residual, c.logits) == (where == "encoder")
+    assert _rel_ok(t.residual, t.activations) == (where == "decoder")
+    clean_c = concept_contributions(net, x, classes=[0, 3])
+    clean_t = concept_traces(net, x, top=4)
+    assert _rel_ok(clean_c.residual, clean_c.logits) and _rel_ok(clean_t.residual,
+                                                                 clean_t.activations)

@@ -2,11 +2,14 @@
 
 Long runs (an atlas build, a data-set-wide concept graph) split their pending work
 round-robin over the ranks of an initialised ``torch.distributed`` process group and commit
-it into one store; without a process group everything runs as rank 0 of 1.
+it into one store (rank 0 holding its writer lock); without a process group everything runs
+as rank 0 of 1.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 from collections.abc import Callable
 
 import torch.distributed as dist
@@ -15,8 +18,20 @@ from ierf.errors import IerfError
 
 
 def distributed() -> bool:
-    """Whether a ``torch.distributed`` process group is initialised."""
-    return dist.is_available() and dist.is_initialized()
+    """Whether a ``torch.distributed`` process group is initialised. Under ``torchrun``
+    (``RANK`` and ``WORLD_SIZE`` set) one is initialised (gloo) on first use, so that the
+    ranks coordinate instead of each doing all the work as a second writer."""
+    if not dist.is_available():
+        return False
+    if not dist.is_initialized() and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group("gloo")
+        atexit.register(_destroy)
+    return dist.is_initialized()
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_world() -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Writing files so that a crash never leaves a half-written one behind, and checking a
+folder is writable before the work whose results go there."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ierf.errors import storage_error
 
 
 @contextmanager
@@ -29,3 +32,22 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) and check a file can be written in it, before any
+    long work whose result would go there.
+
+    Raises
+    ------
+    StorageError : one line naming the folder and what to do (permission, read-only, full).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ierf-write-check.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise storage_error(e, folder) from None
+    return folder

@@ -6,8 +6,10 @@ key, JSON values). Re-running the same command resumes; a run with other setting
 with a :class:`ConfigMismatchError` that lists what differs and says what to do. Writes go
 through :func:`transaction`, so an interrupted run leaves only whole units of work behind.
 
-:class:`ResumableStore` is the one-writer store built from these parts; the atlas manifest
-(:mod:`ierf.atlas.store`), whose ranks share one file, uses the parts directly.
+:class:`ResumableStore` is the one-writer store built from these parts: it holds a writer
+lock (:mod:`ierf.lock`) while open, so that a second run on the same file is refused at once.
+The atlas manifest (:mod:`ierf.atlas.store`), whose ranks share one file, uses the parts
+directly; its readers open it read-only (:func:`connect` with ``readonly=True``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import ClassVar, TypeVar
 
 from typing_extensions import Self
 
-from ierf.errors import IerfError
+from ierf.errors import IerfError, storage_error
+from ierf.lock import WriterLock
 
 #: seconds a writer waits for another one's transaction (many ranks commit to one file)
 BUSY_TIMEOUT_S = 120.0
@@ -33,29 +36,94 @@ class ConfigMismatchError(IerfError):
     """A store holds the work of a run with other settings."""
 
 
-def connect(path: str | Path, wal: bool = False) -> sqlite3.Connection:
+def connect(path: str | Path, wal: bool = False, readonly: bool = False) -> sqlite3.Connection:
     """Open (or create) the SQLite file ``path`` in autocommit mode with a busy timeout.
 
     Transactions are explicit (:func:`transaction`). ``wal=True`` switches the file to WAL
-    mode (``synchronous=NORMAL``), for several writers and readers at once.
+    mode (``synchronous=NORMAL``), for several writers and readers at once. ``readonly=True``
+    opens an existing file for reading only (SQLite ``mode=ro``; ``immutable=1`` where even
+    that cannot open it, e.g. in a read-only folder) and never changes it.
+
+    Raises
+    ------
+    IerfError : the file is no SQLite database, is damaged, or cannot be opened (one line,
+        naming the file).
     """
-    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    if wal:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-    return con
+    path = Path(path)
+    try:
+        if readonly:
+            return _connect_readonly(path)
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.execute("PRAGMA schema_version")  # a file that is no database fails here
+            if wal:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            con.close()
+            raise
+        return con
+    except sqlite3.DatabaseError as e:
+        raise database_error(e, path) from None
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise IerfError(f"no such file {str(path)!r}")
+    uri = path.resolve().as_uri()
+    for mode in ("mode=ro", "immutable=1"):
+        con = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S,
+                              isolation_level=None)
+        try:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+            if mode == "immutable=1":
+                raise
+        except BaseException:
+            con.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+def database_error(e: sqlite3.Error, path: str | Path | None) -> IerfError:
+    """A one-line error for an SQLite failure on ``path``, saying what to do."""
+    text = str(e)
+    if "not a database" in text or "malformed" in text:
+        return IerfError(f"{str(path)!r} is not an SQLite database or is damaged ({text}); "
+                         "restore it from a copy, or remove it and re-run to start afresh")
+    return storage_error(e, path)
+
+
+def database_file(con: sqlite3.Connection) -> str | None:
+    """The file behind connection ``con`` (for error messages)."""
+    try:
+        return con.execute("PRAGMA database_list").fetchone()[2] or None
+    except sqlite3.Error:
+        return None
 
 
 @contextmanager
 def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises (or is interrupted)."""
-    con.execute("BEGIN IMMEDIATE")
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises (or is interrupted).
+
+    SQLite failures of the environment (disk full, read-only file, locked for too long) are
+    raised as one-line :class:`IerfError` naming the file; constraint errors stay as they are.
+    """
     try:
-        yield con
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        if con.in_transaction:  # a failed COMMIT (e.g. disk full) may leave it open
+            con.execute("ROLLBACK")
+        raise database_error(e, database_file(con)) from None
 
 
 def as_stored(settings: Mapping[str, object]) -> dict[str, object]:
@@ -104,6 +172,9 @@ class ResumableStore:
     path : the SQLite file (its folder is created).
     settings : JSON-able settings that determine the results; must equal the stored ones
         (``volatile`` keys aside) when the file exists.
+    lock : hold the store's writer lock (:class:`~ierf.lock.WriterLock`) while open, so that
+        a second run is refused at once; ``False`` for the ranks > 0 of a ``torchrun`` job
+        whose rank 0 holds it.
     """
 
     schema: ClassVar[str] = ""
@@ -113,10 +184,19 @@ class ResumableStore:
     holds: ClassVar[str] = "the work of a run with other settings"
     hint: ClassVar[str] = "re-run with the same options to resume, or choose another output"
 
-    def __init__(self, path: str | Path, settings: Mapping[str, object]) -> None:
+    def __init__(self, path: str | Path, settings: Mapping[str, object],
+                 lock: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = connect(self.path, wal=self.wal)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(e, self.path.parent) from None
+        self._lock = WriterLock(self.path).acquire() if lock else None
+        try:
+            self.con = connect(self.path, wal=self.wal)
+        except BaseException:
+            self._release()
+            raise
         try:
             self.con.executescript(META_SCHEMA + self.schema)
             wanted = as_stored(settings)
@@ -129,8 +209,11 @@ class ResumableStore:
                     raise ConfigMismatchError(f"{str(self.path)!r} holds {self.holds} "
                                               f"({'; '.join(changes)}); {self.hint}")
             self.settings = stored or wanted
+        except sqlite3.OperationalError as e:
+            self.close()
+            raise database_error(e, self.path) from None
         except BaseException:
-            self.con.close()
+            self.close()
             raise
 
     def _create(self) -> None:
@@ -142,6 +225,12 @@ class ResumableStore:
 
     def close(self) -> None:
         self.con.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> Self:
         return self

@@ -18,10 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ierf.atlas.sampling import IerfEngine, atlas_samples
-from ierf.atlas.store import Atlas, ShardWriter, open_atlas, prepare_atlas
+from ierf.atlas.store import MANIFEST, Atlas, ShardWriter, open_atlas, prepare_atlas
 from ierf.data.sources import image_ids, load_images, parse_source
 from ierf.dist import barrier, on_rank0, rank_world
-from ierf.errors import IerfError
+from ierf.errors import IerfError, require_finite
+from ierf.lock import rank0_lock
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 
@@ -77,24 +78,33 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     source = parse_source(images).resolved()
     ids = image_ids(source, n)
     rank, world = rank_world()
+    check_weights(model)
     meta = atlas_meta(model, str(source), layers, samples_per_image, ierf_downsample, seed, weights,
                       getattr(engine, "name", type(engine).__name__), len(ids))
-    on_rank0(lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
-    with ShardWriter(out, rank) as writer:
-        mine = writer.pending()[rank::world]
-        barrier()  # every rank has read the pending list before any writes
-        bar = tqdm(total=len(mine), unit="img", disable=not progress or rank != 0,
-                   desc=f"atlas {model.name}" + (f" (rank 0 of {world})" if world > 1 else ""))
-        with bar:
-            for start in range(0, len(mine), batch_size):
-                batch = mine[start:start + batch_size]
-                x = load_images(source, [ids[i] for i in batch], model).to(device)
-                writer.write(batch, atlas_samples(model, engine, x, batch, layers,
-                                                  samples_per_image, seed, ierf_downsample,
-                                                  internal_batch_size))
-                bar.update(len(batch))
-    barrier()
+    with rank0_lock(Path(out) / MANIFEST):  # one build per folder; its ranks count as one
+        on_rank0(lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
+        with ShardWriter(out, rank) as writer:
+            mine = writer.pending()[rank::world]
+            barrier()  # every rank has read the pending list before any writes
+            bar = tqdm(total=len(mine), unit="img", disable=not progress or rank != 0,
+                       desc=f"atlas {model.name}" + (f" (rank 0 of {world})" if world > 1 else ""))
+            with bar:
+                for start in range(0, len(mine), batch_size):
+                    batch = mine[start:start + batch_size]
+                    x = load_images(source, [ids[i] for i in batch], model).to(device)
+                    writer.write(batch, atlas_samples(model, engine, x, batch, layers,
+                                                      samples_per_image, seed, ierf_downsample,
+                                                      internal_batch_size))
+                    bar.update(len(batch))
+        barrier()
     return open_atlas(out)
+
+
+def check_weights(model: Model) -> None:
+    """Refuse a model with NaN or Inf in its weights or buffers (its atlas would be empty)."""
+    for name, t in model.net.state_dict().items():
+        require_finite(t, f"{model.name}'s {name!r}", "load intact weights (a diverged "
+                       "training or a damaged checkpoint?)")
 
 
 def check_layers(model: Model, engine: IerfEngine, layers: Sequence[str]) -> list[str]:

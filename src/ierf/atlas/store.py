@@ -4,13 +4,20 @@ Layout of an atlas folder::
 
     manifest.sqlite                  meta, images, shards and the samples index (WAL mode)
     shard-<rank>-<seq>.safetensors   per layer: pfv (n, C), ierf (n, h, w) and the records
+    .manifest.sqlite.lock            the writer lock (:mod:`ierf.lock`)
 
 A shard is written to a temporary file and renamed into place (:func:`ierf.io.atomic_path`);
-only then is one SQLite transaction committed that lists the shard, marks its images done
-and indexes its samples. A process killed at any moment therefore leaves either a committed
-shard or an *orphan* file that no reader sees; :func:`prepare_atlas` deletes orphans and
-their images are redone. Ranks of a ``torchrun`` build write their own shards into the one
-manifest (SQLite serialises the commits; a busy timeout makes writers wait).
+only then is one SQLite transaction committed that lists the shard with its size and SHA-256,
+marks its images done and indexes its samples. A process killed at any moment therefore
+leaves either a committed shard or an *orphan* file that no reader sees; :func:`prepare_atlas`
+deletes orphans (under the writer lock, never a file the manifest refers to) and their
+images are redone. One build writes into a folder at a time; the ranks of a ``torchrun``
+build write their own shards into the one manifest (SQLite serialises the commits; a busy
+timeout makes writers wait) while rank 0 holds the lock for all of them.
+
+Readers open the manifest read-only and check each shard once per process: its size and
+hash against the manifest, and its records against the manifest's rows
+(:mod:`ierf.integrity`); ``ierf atlas verify`` (:mod:`ierf.atlas.verify`) checks them all.
 
 Samples are read in a deterministic order: image index, then sample number, per layer,
 whatever the number of ranks, the shard boundaries or the resumes (IERF Sec. III-D: the
@@ -19,7 +26,6 @@ PFV–iERF pairs of a layer; iERF of Eq. 10).
 
 from __future__ import annotations
 
-import re
 import shutil
 import sqlite3
 from collections.abc import Sequence
@@ -27,81 +33,46 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from ierf import store
+from ierf.atlas.manifest import (
+    MANIFEST,
+    RECORD_KEYS,
+    SHARD_RE,
+    Manifest,
+    add_hash_columns,
+    connect,
+    records_problem,
+    referenced_files,
+    shard_hashes,
+    shard_name,
+    writer_lock,
+)
 from ierf.data.sources import load_images, parse_source
-from ierf.errors import IerfError, unknown_name
+from ierf.errors import IerfError, require_finite, storage_error, unknown_name
+from ierf.integrity import CorruptFileError, check_file, sha256_bytes
 from ierf.io import atomic_path
+from ierf.lock import lock_path
 from ierf.models.fingerprint import weights_fingerprint
 
 if TYPE_CHECKING:
     from ierf.models.model import Model
-
-MANIFEST = "manifest.sqlite"
-SHARD_RE = re.compile(r"^\.?shard-(\d+)-(\d+)\.")
-#: per-sample tensors of a shard, besides ``pfv`` and ``ierf``
-RECORD_KEYS = ("image", "sample", "position", "row", "col", "predicted", "contribution")
-#: meta keys that may differ between two runs of the same build
-VOLATILE_META = ("created",)
-#: meta keys that follow from the others (reported only if nothing else differs)
-DERIVED_META = ("grids", "channels", "ierf_size", "n_images")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, shard TEXT);
-CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, rank INTEGER NOT NULL,
-                                   seq INTEGER NOT NULL, n_images INTEGER NOT NULL,
-                                   n_samples INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS samples (layer TEXT NOT NULL, image INTEGER NOT NULL,
-                                    sample INTEGER NOT NULL, shard TEXT NOT NULL,
-                                    row INTEGER NOT NULL, PRIMARY KEY (layer, image, sample));
-"""
-
-
-def connect(path: str | Path) -> sqlite3.Connection:
-    """Open the manifest of atlas folder ``path`` (WAL mode, busy timeout for many ranks)."""
-    return store.connect(Path(path) / MANIFEST, wal=True)
-
-
-def shard_name(rank: int, seq: int) -> str:
-    return f"shard-{rank:03d}-{seq:06d}.safetensors"
-
-
-class Manifest(store.ResumableStore):
-    """The manifest of one atlas build, created with its meta and image ids, or reopened
-    (then the meta, ``created`` aside, and the image list must be the same)."""
-
-    schema = _SCHEMA
-    wal = True
-    volatile = VOLATILE_META
-    derived = DERIVED_META
-    holds = "an atlas of a different build"
-    hint = "to keep it there, give a new folder with --out, or pass --overwrite to replace it"
-
-    def __init__(self, path: str | Path, meta: dict, image_ids: Sequence[str]) -> None:
-        self.image_ids = list(image_ids)
-        super().__init__(Path(path) / MANIFEST, meta)
-
-    def _create(self) -> None:
-        self.con.executemany("INSERT INTO images VALUES (?, ?, NULL)", enumerate(self.image_ids))
-
-    def _differences(self, stored: dict, wanted: dict) -> list[str]:
-        ids = [i for (i,) in self.con.execute("SELECT id FROM images ORDER BY idx")]
-        return (super()._differences(stored, wanted)
-                + ([] if ids == self.image_ids else ["the image list differs"]))
-
 
 def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
                   overwrite: bool = False) -> int:
     """Create the atlas folder, or check that an existing one is the same build (rank 0 only).
 
     Deletes orphan shard files (written but never committed) and stray temporary files, so
-    that their images are redone. Returns the number of images already done. One build may
-    write into a folder at a time (the ranks of one ``torchrun`` build count as one).
+    that their images are redone; a file the manifest refers to is never deleted. Returns the
+    number of images already done. Holds the writer lock while it runs: one build may write
+    into a folder at a time (the ranks of one ``torchrun`` build count as one, whose rank 0
+    holds the lock for the whole build).
 
     Raises
     ------
+    StoreBusyError : another build writes into ``path``.
     ConfigMismatchError : ``path`` holds an atlas with different meta (model, layers,
         samples, …) or images, and ``overwrite`` is false.
     IerfError : ``path`` is a file or a non-empty folder that is no atlas.
@@ -109,27 +80,36 @@ def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise IerfError(f"{str(path)!r} is a file; give a folder for the atlas (--out)")
-    if overwrite and path.is_dir():
-        _remove_atlas_files(path)
-    if path.is_dir() and not (path / MANIFEST).exists() and any(
-            p for p in path.iterdir() if not SHARD_RE.match(p.name)):
-        raise IerfError(f"{str(path)!r} is a non-empty folder without an atlas manifest; "
-                        "give a new folder with --out")
-    with Manifest(path, meta, image_ids) as manifest:
-        committed = {n for (n,) in manifest.con.execute("SELECT name FROM shards")}
-        for p in path.iterdir():
-            if SHARD_RE.match(p.name) and p.name not in committed:
-                p.unlink()
-        return manifest.con.execute(
-            "SELECT COUNT(*) FROM images WHERE shard IS NOT NULL").fetchone()[0]
+    with writer_lock(path):
+        if overwrite and path.is_dir():
+            _remove_atlas_files(path)
+        own = lock_path(path / MANIFEST).name
+        if not (path / MANIFEST).exists() and any(
+                p for p in path.iterdir() if not SHARD_RE.match(p.name) and p.name != own):
+            raise IerfError(f"{str(path)!r} is a non-empty folder without an atlas manifest; "
+                            "give a new folder with --out")
+        with Manifest(path, meta, image_ids) as manifest:
+            add_hash_columns(manifest.con)
+            referenced = referenced_files(manifest.con)
+            try:
+                for p in path.iterdir():
+                    if SHARD_RE.match(p.name) and p.name not in referenced:
+                        p.unlink()
+            except OSError as e:
+                raise storage_error(e) from None
+            return manifest.con.execute(
+                "SELECT COUNT(*) FROM images WHERE shard IS NOT NULL").fetchone()[0]
 
 
 def _remove_atlas_files(path: Path) -> None:
-    for p in path.iterdir():
-        if p.name.startswith(MANIFEST) or SHARD_RE.match(p.name):
-            p.unlink()
-        elif p.is_dir() and p.name == "__pycache__":
-            shutil.rmtree(p)
+    try:
+        for p in path.iterdir():
+            if p.name.startswith(MANIFEST) or SHARD_RE.match(p.name):
+                p.unlink()
+            elif p.is_dir() and p.name == "__pycache__":
+                shutil.rmtree(p)
+    except OSError as e:
+        raise storage_error(e) from None
 
 
 class ShardWriter:
@@ -139,12 +119,18 @@ class ShardWriter:
     ----------
     path : the atlas folder (see :func:`prepare_atlas`).
     rank : this process's rank; its shards are ``shard-<rank>-<seq>``, ``seq`` continuing
-        after the rank's last committed shard.
+        after the rank's last committed shard. Rank 0 holds the folder's writer lock while
+        open (re-entrant: a build holding it already goes on); ranks > 0 rely on rank 0's.
     """
 
     def __init__(self, path: str | Path, rank: int = 0) -> None:
         self.path, self.rank = Path(path), rank
-        self._con = connect(self.path)
+        self._lock = writer_lock(self.path).acquire() if rank == 0 else None
+        try:
+            self._con = connect(self.path)
+        except BaseException:
+            self._release()
+            raise
         last = self._con.execute("SELECT MAX(seq) FROM shards WHERE rank = ?", (rank,)).fetchone()[0]
         self._seq = -1 if last is None else last
 
@@ -158,29 +144,54 @@ class ShardWriter:
 
         ``layers[layer]`` holds ``pfv`` (n, C), ``ierf`` (n, h, w) and the :data:`RECORD_KEYS`
         (n,) tensors; an image may have no sample in a layer (no positive contribution).
+
+        Raises
+        ------
+        IerfError : NaN or Inf in the samples (nothing is written), or the disk refuses.
         """
-        self._seq += 1
-        name = shard_name(self.rank, self._seq)
         tensors = {f"{layer}/{key}": t.detach().cpu().contiguous()
                    for layer, d in layers.items() for key, t in d.items()}
-        with atomic_path(self.path / name) as tmp:
-            save_file(tensors, tmp)
-        self._commit(name, images, layers)
+        for key, t in tensors.items():
+            require_finite(t, f"the {key} samples of images {list(images)[:8]}",
+                           "the model's activations or relevances overflow there; check the "
+                           "model and its inputs")
+        self._seq += 1
+        name = shard_name(self.rank, self._seq)
+        data = save(tensors)
+        try:
+            with atomic_path(self.path / name) as tmp, open(tmp, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise storage_error(e, self.path / name) from None
+        self._commit(name, images, layers, len(data), sha256_bytes(data))
         return name
 
     def _commit(self, name: str, images: Sequence[int],
-                layers: dict[str, dict[str, torch.Tensor]]) -> None:
-        """One transaction: the shard, its images marked done, its samples indexed."""
+                layers: dict[str, dict[str, torch.Tensor]], size: int, sha256: str) -> None:
+        """One transaction: the shard with its size and hash, its images marked done, its
+        samples indexed."""
         rows = [(layer, img, s, name, r) for layer, d in layers.items()
                 for r, (img, s) in enumerate(zip(d["image"].tolist(), d["sample"].tolist()))]
-        with store.transaction(self._con) as con:
-            con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?)",
-                        (name, self.rank, self._seq, len(images), len(rows)))
-            con.executemany("UPDATE images SET shard = ? WHERE idx = ?", [(name, i) for i in images])
-            con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
+        try:
+            with store.transaction(self._con) as con:
+                con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (name, self.rank, self._seq, len(images), len(rows), size, sha256))
+                con.executemany("UPDATE images SET shard = ? WHERE idx = ?",
+                                [(name, i) for i in images])
+                con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError as e:
+            raise IerfError(f"the manifest of {str(self.path)!r} already holds samples of "
+                            f"images {list(images)[:8]} or shard {name} ({e}); run `ierf atlas "
+                            f"verify {self.path} --repair`, then re-run the build") from None
 
     def close(self) -> None:
         self._con.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> ShardWriter:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         return self
@@ -206,6 +217,7 @@ def open_atlas(path: str | Path, partial: bool = False) -> Atlas:
     """Open a PFV–iERF atlas written by ``ierf atlas build`` / :func:`ierf.atlas.build_atlas`.
 
     With ``partial=True`` an unfinished build can be read (its committed samples only).
+    The manifest is opened read-only: a read-only folder (a shared or archived atlas) opens.
     """
     path = Path(path)
     hint = ("build one with `ierf atlas build --model M --images benchmark|photos|DIR "
@@ -237,19 +249,26 @@ class Atlas:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        con = connect(self.path)
+        con = connect(self.path, readonly=True)
         try:
             self.meta = store.read_settings(con)
             rows = con.execute("SELECT id, shard FROM images ORDER BY idx").fetchall()
+            #: per layer, in (image, sample) order: (shard, row, image, sample)
             self._index = {layer: con.execute(
-                "SELECT shard, row FROM samples WHERE layer = ? ORDER BY image, sample",
-                (layer,)).fetchall() for layer in self.meta.get("layers", [])}
+                "SELECT shard, row, image, sample FROM samples WHERE layer = ? "
+                "ORDER BY image, sample", (layer,)).fetchall()
+                for layer in self.meta.get("layers", [])}
+            self._shards = shard_hashes(con)
+        except sqlite3.DatabaseError as e:
+            raise store.database_error(e, self.path / MANIFEST) from None
         finally:
             con.close()
         self.images = [i for i, _ in rows]
         self.done = sum(s is not None for _, s in rows)
         self.layers: list[str] = list(self.meta.get("layers", []))
         self._model: Model | None = None
+        self._checked: set[tuple[str, str]] = set()
+        self._rows: dict[str, dict[str, list[tuple[int, int, int]]]] = {}
 
     def __len__(self) -> int:
         """Total samples over all layers."""
@@ -299,20 +318,56 @@ class Atlas:
             self._model = model
         return self._model
 
+    def damaged(self) -> list[str]:
+        """Shard files the manifest lists that are missing or of the wrong size (a cheap
+        check: no hashing; ``ierf atlas verify`` checks everything)."""
+        return [name for name, (size, _) in self._shards.items()
+                if not (self.path / name).is_file()
+                or (size is not None and (self.path / name).stat().st_size != size)]
+
     def _gather(self, layer: str, key: str) -> torch.Tensor:
         if layer not in self._index:
             raise unknown_name("atlas layer", layer, self.layers)
         index = self._index[layer]
-        shards = list(dict.fromkeys(s for s, _ in index))
+        shards = list(dict.fromkeys(s for s, *_ in index))
         if not shards:
             return self._empty(layer, key)
         parts, offset, n = [], {}, 0
         for s in shards:
-            with safe_open(self.path / s, framework="pt") as f:
-                parts.append(f.get_tensor(f"{layer}/{key}"))
+            try:
+                with safe_open(self.path / s, framework="pt") as f:
+                    self._check(s, layer, f)
+                    parts.append(f.get_tensor(f"{layer}/{key}"))
+            except (SafetensorError, OSError) as e:
+                raise CorruptFileError(f"{str(self.path / s)!r} is unreadable ({e}); "
+                                       f"{self._repair_hint()}") from None
             offset[s], n = n, n + len(parts[-1])
-        where = torch.tensor([offset[s] + r for s, r in index], dtype=torch.long)
+        where = torch.tensor([offset[s] + r for s, r, *_ in index], dtype=torch.long)
         return torch.cat(parts)[where]
+
+    def _check(self, shard: str, layer: str, f: object) -> None:
+        """Once per shard and layer: the file's size and hash (once per process) and its
+        records against the manifest."""
+        if (shard, layer) in self._checked:
+            return
+        if shard not in self._shards:
+            raise CorruptFileError(f"the manifest of {str(self.path)!r} indexes samples in "
+                                   f"{shard}, which it does not list; {self._repair_hint()}")
+        size, sha256 = self._shards[shard]
+        check_file(self.path / shard, sha256, size, self._repair_hint())
+        if layer not in self._rows:
+            self._rows[layer] = {}
+            for s, r, img, smp in self._index[layer]:
+                self._rows[layer].setdefault(s, []).append((r, img, smp))
+        rows = self._rows[layer].get(shard, [])
+        if (problem := records_problem(f, layer, rows, self.meta)) is not None:
+            raise CorruptFileError(f"{str(self.path / shard)!r} does not match the manifest "
+                                   f"({problem}); {self._repair_hint()}")
+        self._checked.add((shard, layer))
+
+    def _repair_hint(self) -> str:
+        return (f"run `ierf atlas verify {self.path} --repair`, then the same `ierf atlas "
+                "build` command to redo the images it drops")
 
     def _empty(self, layer: str, key: str) -> torch.Tensor:
         if key == "pfv":

@@ -9,6 +9,9 @@ One call grounds many (latent, image) pairs: image ``i`` of ``x`` explains its o
 ``integrated-gradients``  Captum's IG from a baseline input (default zeros), Σ over colours
 ``gradient``              Captum's saliency, max over colours of |∂z/∂x|
 ``grad-x-input``          Captum's input × gradient, Σ over colours
+``kernelshap``            KernelSHAP over the ViT's patches (:mod:`ierf.cafe.kernelshap`),
+                          absent patches = the baseline; each patch's value spread evenly
+                          over its pixels
 ========================  ==========================================================
 
 The activation-ranking baseline is not a pixel map: see :func:`ierf.cafe.insertion.patch_scores`.
@@ -20,7 +23,9 @@ import importlib
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
+from ierf.cafe.kernelshap import kernel_shap
 from ierf.cafe.latents import LatentPairs, PairTarget, check_basis, check_latents
 from ierf.concepts.basis import ConceptBasis
 from ierf.errors import IerfError, unknown_name
@@ -28,7 +33,7 @@ from ierf.models.hooks import forward_until
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 
-METHODS = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input")
+METHODS = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input", "kernelshap")
 CAPTUM = {"integrated-gradients": "IntegratedGradients", "gradient": "Saliency",
           "grad-x-input": "InputXGradient"}
 
@@ -48,8 +53,8 @@ def latent_score(model: Model, target: PairTarget) -> Callable[[torch.Tensor], t
 
 def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: LatentPairs,
                  method: str = "attnlrp", *, baselines: torch.Tensor | float | None = None,
-                 n_steps: int = 16, internal_batch_size: int = 64, batch_size: int = 64
-                 ) -> torch.Tensor:
+                 n_steps: int = 16, internal_batch_size: int = 64, batch_size: int = 64,
+                 n_samples: int = 256) -> torch.Tensor:
     """``(P, H, W)`` iERF of each pair's latent on its image ``x[pairs.image]`` (Eq. 10).
 
     Parameters
@@ -58,10 +63,13 @@ def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: Late
     x : (B, 3, H, W) images the pairs index.
     pairs : from :func:`~ierf.cafe.latents.select_pairs`; its readout decides the scalar.
     method : one of :data:`METHODS`.
-    baselines : integrated gradients' reference input (``None``: zeros, i.e. the dataset
-        mean colour after normalisation); a (B, 3, H, W) tensor is indexed like ``x``.
+    baselines : the reference input of integrated gradients and KernelSHAP (``None``: zeros,
+        i.e. the dataset mean colour after normalisation); a (B, 3, H, W) tensor is indexed
+        like ``x``.
     n_steps, internal_batch_size : integrated gradients' path points and images per pass.
     batch_size : pairs per batched pass (memory grows with it).
+    n_samples : KernelSHAP's coalitions per pair (all of them, exact, when the patch grid has
+        at most ``log2(n_samples + 2)`` patches).
     """
     if method not in METHODS:
         raise unknown_name("CAFE attribution method", method, METHODS)
@@ -78,13 +86,13 @@ def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: Late
         base = baselines[rows] if isinstance(baselines, torch.Tensor) and \
             baselines.dim() == 4 else baselines
         maps.append(_maps(model, basis, x[pairs.image[rows]], pairs[rows].target(basis),
-                          method, base, n_steps, internal_batch_size))
+                          method, base, n_steps, internal_batch_size, n_samples))
     return torch.cat(maps)
 
 
 def _maps(model: Model, basis: ConceptBasis, x: torch.Tensor, target: PairTarget,
           method: str, baselines: torch.Tensor | float | None, n_steps: int,
-          internal_batch_size: int) -> torch.Tensor:
+          internal_batch_size: int, n_samples: int) -> torch.Tensor:
     """One batched pass of ``method``: image ``i`` of ``x`` explains pair ``i``."""
     if method == "attnlrp":
         from ierf.local.attnlrp import AttnLRP
@@ -92,6 +100,14 @@ def _maps(model: Model, basis: ConceptBasis, x: torch.Tensor, target: PairTarget
     if method == "srd":
         from ierf.local.srd import SRD
         return SRD(model, layer=basis.layer).attribute(x, target)
+    if method == "kernelshap":
+        grid = model.patch_grid
+        if grid is None:
+            raise IerfError("kernelshap plays the ViT's patches; this model has no patch grid")
+        phi = kernel_shap(latent_score(model, target), x.detach(), baselines, grid,
+                          n_samples=n_samples, batch_size=internal_batch_size)
+        area = (x.shape[-2] // grid[0]) * (x.shape[-1] // grid[1])
+        return F.interpolate(phi[:, None] / area, size=x.shape[-2:], mode="nearest")[:, 0]
     captum = importlib.import_module("captum.attr")
     attributor = getattr(captum, CAPTUM[method])(latent_score(model, target))
     x = x.detach().requires_grad_(True)

@@ -12,25 +12,37 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ierf.errors import IerfError
+from ierf.errors import IerfError, environment_error
 
 #: modules adding top-level subcommands (``register(sub)``)
 COMMANDS = ("ierf.cli.explain", "ierf.cli.atlas", "ierf.cli.concepts", "ierf.cli.graph",
-            "ierf.cli.cafe")
+            "ierf.cli.cafe", "ierf.cli.diagnose", "ierf.cli.fact")
 #: modules adding ``ierf bench`` subcommands (``register(bench_sub)``)
 BENCH_COMMANDS: tuple[str, ...] = ("ierf.cli.bench_local", "ierf.cli.bench_concepts",
-                                     "ierf.cli.bench_graph", "ierf.cli.bench_cafe")
+                                     "ierf.cli.bench_graph", "ierf.cli.bench_cafe",
+                                     "ierf.cli.bench_c2", "ierf.cli.bench_fact")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ierf`` console script."""
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    warnings.formatwarning = _one_line
     try:
         return args.run(args)
     except IerfError as e:
         print(f"ierf: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if (error := environment_error(e)) is None:
+            raise
+        print(f"ierf: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """Warnings as one line each, without the source line that printed them."""
+    return f"ierf: warning: {message}\n"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,13 +1,15 @@
-"""`ierf atlas build` (PFV–iERF dataset, resumable, torchrun-sharded) and `ierf atlas info`."""
+"""`ierf atlas build` (PFV–iERF dataset, resumable, torchrun-sharded), `ierf atlas info` and
+`ierf atlas verify` (check every shard and row; ``--repair`` drops what is broken)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``atlas`` group with its ``build`` and ``info`` subcommands."""
+    """Add the ``atlas`` group with its ``build``, ``info`` and ``verify`` subcommands."""
     a = sub.add_parser("atlas", help="build or inspect a PFV–iERF atlas")
     asub = a.add_subparsers(required=True, metavar="ACTION")
 
@@ -44,12 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("atlas", help="atlas folder")
     i.set_defaults(run=_info)
 
+    v = asub.add_parser("verify", help="check every shard file and manifest row of an atlas "
+                        "(exit 1 if something is broken)")
+    v.add_argument("atlas", help="atlas folder")
+    v.add_argument("--repair", action="store_true",
+                   help="drop broken shards and unreferenced files and mark their images not "
+                   "done; then re-run the same build command to rebuild them")
+    v.set_defaults(run=_verify)
+
 
 def _build(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from ierf.atlas.build import build_atlas, default_engine
-    from ierf.atlas.store import load_atlas_model
+    from ierf.atlas.store import MANIFEST, load_atlas_model
+    from ierf.errors import IerfError
+    from ierf.lock import rank0_lock
 
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if torchrun and not dist.is_initialized():
@@ -58,14 +70,17 @@ def _build(args: argparse.Namespace) -> int:
         device = args.device
         if torchrun and device == "cuda":
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        model = load_atlas_model(args.model, args.weights)
-        engine = default_engine(model, args.ierf_method)
-        atlas = build_atlas(model, args.images, [s for s in args.layers.split(",") if s],
-                            args.out, samples_per_image=args.samples_per_image, n=args.n,
-                            batch_size=args.batch_size, ierf_downsample=args.ierf_downsample,
-                            seed=args.seed, device=device,
-                            internal_batch_size=args.internal_batch_size, engine=engine,
-                            weights=args.weights, overwrite=args.overwrite)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise IerfError(f"{args.out!r} is a file; give a folder for the atlas (--out)")
+        with rank0_lock(Path(args.out) / MANIFEST):  # a second build is refused before any work
+            model = load_atlas_model(args.model, args.weights)
+            engine = default_engine(model, args.ierf_method)
+            atlas = build_atlas(model, args.images, [s for s in args.layers.split(",") if s],
+                                args.out, samples_per_image=args.samples_per_image, n=args.n,
+                                batch_size=args.batch_size, ierf_downsample=args.ierf_downsample,
+                                seed=args.seed, device=device,
+                                internal_batch_size=args.internal_batch_size, engine=engine,
+                                weights=args.weights, overwrite=args.overwrite)
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(_summary(atlas))
     finally:
@@ -79,6 +94,14 @@ def _info(args: argparse.Namespace) -> int:
 
     print(_summary(open_atlas(args.atlas, partial=True)))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ierf.atlas.verify import verify_atlas
+
+    report = verify_atlas(args.atlas, repair=args.repair)
+    print(report)
+    return 0 if report.ok or args.repair else 1
 
 
 def _summary(atlas) -> str:
@@ -96,4 +119,8 @@ def _summary(atlas) -> str:
         lines.append(f"  {layer}: {atlas.count(layer)} samples, {m['channels'][layer]} channels, "
                      f"grid {g[0]}×{g[1]}")
     lines.append(f"  built {m['created']}")
+    if damaged := atlas.damaged():
+        lines.append(f"  DAMAGED: {len(damaged)} shard file(s) missing or truncated "
+                     f"({', '.join(damaged[:3])}{', …' if len(damaged) > 3 else ''}); run "
+                     f"`ierf atlas verify {atlas.path} --repair`, then the build command")
     return "\n".join(lines)

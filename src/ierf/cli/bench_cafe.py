@@ -9,7 +9,7 @@ from pathlib import Path
 from ierf.cli.cafe import image_stream
 
 RANKING_NAMES = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input",
-                 "activation", "random")
+                 "kernelshap", "activation", "random")
 BLANK_NAMES = ("zero", "mean", "blur")
 
 

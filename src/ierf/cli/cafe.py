@@ -8,7 +8,8 @@ from pathlib import Path
 #: :data:`ierf.cafe.training.SAE_METHODS` and :data:`ierf.cafe.attribution.METHODS`, here so
 #: that ``--help`` needs no torch
 SAE_METHOD_NAMES = ("sae", "topk-sae", "matryoshka-sae", "bias-free-topk-sae")
-CAFE_METHOD_NAMES = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input")
+CAFE_METHOD_NAMES = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input",
+                     "kernelshap")
 TOKEN_CHOICES = ("patch", "cls", "all")
 
 

@@ -54,16 +54,18 @@ def default_out(atlas: str | Path, layer: str, method: str) -> Path:
 def _fit(args: argparse.Namespace) -> int:
     from ierf.atlas.store import open_atlas
     from ierf.concepts.fitting import fit_basis
+    from ierf.io import check_writable
     from ierf.metrics.concepts import reconstruction_metrics
 
     atlas = open_atlas(args.atlas)
+    out = Path(args.out) if args.out else default_out(args.atlas, args.layer, args.method)
+    check_writable(out.parent)  # fail now, not after the fit
     opts = {"seed": args.seed}
     if args.method.endswith("sae"):
         opts.update(epochs=args.epochs, progress=True)
     basis = fit_basis(atlas, args.layer, args.method, args.n_concepts,
                       center=not args.no_center, device=args.device, **opts)
-    out = basis.save(Path(args.out) if args.out else
-                     default_out(args.atlas, args.layer, args.method))
+    out = basis.save(out)
     X = atlas.pfvs(args.layer).to(args.device)
     scores = reconstruction_metrics(basis.extractor, X)
     print(f"{args.method} on {args.layer}: {len(X)} PFVs × {X.shape[1]} channels → "
@@ -77,6 +79,7 @@ def _cards(args: argparse.Namespace) -> int:
 
     from ierf.atlas.store import open_atlas
     from ierf.concepts.basis import ConceptBasis
+    from ierf.io import check_writable
     from ierf.metrics.concepts import assignments
     from ierf.viz.cards import (
         concept_locations,
@@ -87,6 +90,7 @@ def _cards(args: argparse.Namespace) -> int:
 
     atlas = open_atlas(args.atlas)
     basis = ConceptBasis.load(args.concepts)
+    check_writable(args.out)
     layer = basis.layer
     if layer not in atlas.layers:
         raise IerfError(f"{args.concepts} holds concepts of layer {layer!r}, which atlas "

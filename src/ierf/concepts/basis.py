@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ierf.concepts.extractors.base import ConceptExtractor
-from ierf.errors import IerfError
+from ierf.errors import IerfError, require_finite
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.pfv import PFVs
 
@@ -217,9 +217,16 @@ class ConceptBasis:
             raise IerfError(f"{tensor_file} is missing or altered (checksum differs from "
                             f"{CONFIG_FILE}); refit the basis")
         name = meta["extractor"]
-        extractor = ConceptExtractor.registry[name](**meta["config"])
         try:
-            extractor.load_state_tensors(load_file(tensor_file, device=str(device)))
+            extractor = ConceptExtractor.registry[name](**meta["config"])
+        except (TypeError, ValueError) as e:
+            raise IerfError(f"{config} has an invalid {name} config ({e}); refit the "
+                            "basis") from None
+        try:
+            tensors = load_file(tensor_file, device=str(device))
+            for key, t in tensors.items():
+                require_finite(t, f"{tensor_file} ({key})", "refit the basis")
+            extractor.load_state_tensors(tensors)
         except (SafetensorError, KeyError, RuntimeError) as e:
             raise IerfError(f"{tensor_file} does not hold a {name}'s tensors ({e}); refit "
                             "the basis") from None

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ierf.errors import IerfError
+from ierf.errors import IerfError, require_finite
 
 
 def lasso_objective(X: torch.Tensor, V: torch.Tensor, U: torch.Tensor,
@@ -277,6 +277,8 @@ def decompose(X: torch.Tensor, V: torch.Tensor, alpha: float, *, max_iter: int =
                         f"{tuple(V.shape)}")
     if alpha < 0:
         raise IerfError(f"alpha must be >= 0, got {alpha}")
+    require_finite(X, "decompose's X (PFVs)", "drop those rows or fix where they come from")
+    require_finite(V, "decompose's dictionary V", "refit the concepts on finite PFVs")
     if solver not in ("auto", "homotopy", "fista"):
         raise IerfError(f"solver must be 'auto', 'homotopy' or 'fista', got {solver!r}")
     V = V.to(X)

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ierf.errors import IerfError, unknown_name
+from ierf.errors import IerfError, UnknownNameError, unknown_name
 from ierf.fact.bottleneck import TopKBottleneck
 from ierf.fact.layers import encode_input
 
@@ -106,6 +106,35 @@ def _require_bcos(backbone: nn.Module) -> None:
                         f"images; {got}")
 
 
+def _require_bias_free(layer: str, sae: nn.Module) -> None:
+    """Raise a clear :class:`IerfError` unless ``sae`` is a bias-free :class:`TopKBottleneck`."""
+    if not isinstance(sae, TopKBottleneck):
+        raise IerfError(f"the bottleneck at {layer!r} is a {type(sae).__name__}, not a "
+                        "TopKBottleneck (the bias-free TopK SAE of Eqs. 6–7); wrap a fitted "
+                        "BiasFreeTopKSAE with TopKBottleneck.from_sae(sae)")
+    extra = sorted({n for n, _ in sae.named_parameters()} - {"encoder", "decoder"})
+    if extra:
+        raise IerfError(f"the bottleneck at {layer!r} has parameters {extra} besides its encoder "
+                        "and decoder: an encoder bias breaks the exact pixel traces (Eqs. "
+                        "10–12), a decoder bias the exact contributions (Eq. 9). Use a plain, "
+                        "bias-free TopKBottleneck")
+
+
+def _channel_hint(x: Tensor) -> str:
+    """What to do about an input batch that is not (B, 3, H, W)."""
+    if x.dim() == 3 and x.shape[0] == 3:
+        return ": one image needs a batch axis, x.unsqueeze(0)"
+    if x.dim() != 4:
+        return ""
+    hints = {6: ": 6 channels look like an already encoded [x, 1 − x] input; pass the RGB "
+                "images x[:, :3] (or call forward_encoded with encoded inputs)",
+             1: ": a grayscale image; repeat it to RGB, x.expand(-1, 3, -1, -1)",
+             4: ": RGBA; drop the alpha channel, x[:, :3]"}
+    if x.shape[1] in hints:
+        return hints[x.shape[1]]
+    return ": channels last? use x.permute(0, 3, 1, 2)" if x.shape[-1] == 3 else ""
+
+
 def _channels(out: Tensor) -> int:
     """Channels of a (B, C, H, W) map or of (B, N, C) tokens."""
     return out.shape[-1] if out.dim() == 3 else out.shape[1]
@@ -135,9 +164,10 @@ class FaCT(nn.Module):
         if not bottlenecks:
             raise IerfError("FaCT needs at least one bottleneck layer")
         modules = dict(backbone.named_modules())
-        for layer in bottlenecks:
+        for layer, sae in bottlenecks.items():
             if layer not in modules or layer == "":
                 raise unknown_name("layer", layer, [n for n in modules if n])
+            _require_bias_free(layer, sae)
         self.backbone = backbone
         self.layers: list[str] = list(bottlenecks)
         self.bottlenecks = nn.ModuleDict({_key(n): b for n, b in bottlenecks.items()})
@@ -177,6 +207,12 @@ class FaCT(nn.Module):
     def bottleneck(self, layer: str) -> TopKBottleneck:
         """The bottleneck at ``layer`` (a leading ``"backbone."`` is accepted)."""
         layer = self.resolve(layer)
+        if layer not in self.layers and layer and layer in dict(self.backbone.named_modules()):
+            raise UnknownNameError(
+                f"layer {layer!r} has no bottleneck; this model's bottleneck layers: "
+                f"{', '.join(self.layers)}. To explain concepts at {layer!r}, build (and train) "
+                f"a FaCT model with a bottleneck there: FaCT.build(backbone, {layer!r}, "
+                "n_concepts, k)")
         if layer not in self.layers:
             raise unknown_name("bottleneck layer", layer, self.layers)
         return self.bottlenecks[_key(layer)]
@@ -209,12 +245,17 @@ class FaCT(nn.Module):
         """Raise a clear error unless ``x`` is a (B, 3, H, W) batch of RGB images."""
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            hint = _channel_hint(x) if isinstance(x, Tensor) else ""
             raise IerfError(f"FaCT takes RGB images shaped (B, 3, H, W) with values in [0, 1] "
-                            f"and adds the inverse channels [x, 1 − x] itself; got {shape}")
+                            f"and adds the inverse channels [x, 1 − x] itself; got {shape}{hint}")
         return x
 
     def forward_encoded(self, x6: Tensor) -> Tensor:
         """Logits from an already encoded (B, 6, H, W) input."""
+        if x6.dim() != 4 or x6.shape[1] != 6:
+            raise IerfError(f"forward_encoded takes the 6-channel [x, 1 − x] encoding shaped "
+                            f"(B, 6, H, W), got {tuple(x6.shape)}; pass RGB images to the "
+                            "model itself")
         return self.backbone(x6) - self.logit_offset if self.logit_offset else self.backbone(x6)
 
     def forward(self, x: Tensor) -> Tensor:

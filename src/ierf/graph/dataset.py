@@ -3,8 +3,9 @@
 :func:`build_dataset_graph` cuts the image list into batches, builds each batch's graph with
 :func:`ierf.graph.build_graph` (ICAT averaged over the batch, IERF Sec. VI) and commits it to
 an SQLite store (:class:`GraphStore`, one transaction per batch; inside a batch, one graph
-per predicted class). Killing the run loses at most
-the batches in flight; re-running the same call skips what is stored. Ranks of a ``torchrun``
+per predicted class). One run writes into a folder at a time (rank 0 holds the writer lock
+for all ranks of a ``torchrun`` job; a second run is refused at once). Killing the run loses
+at most the batches in flight; re-running the same call skips what is stored. Ranks of a ``torchrun``
 job take the pending batches round-robin and commit into the same store. When every batch is
 in, the graph is :func:`~ierf.graph.concept_graph.merge`\\ d (the mean over all images) and
 written as ``graph.json`` next to the store, atomically, together with one graph per
@@ -35,6 +36,7 @@ from ierf.errors import IerfError
 from ierf.graph.build import build_graph
 from ierf.graph.concept_graph import ConceptGraph, merge
 from ierf.graph.export import from_dict, from_json, to_dict, to_json
+from ierf.lock import rank0_lock
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 
@@ -122,7 +124,7 @@ def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
               **(settings or {})}
     rank, world = rank_world()
     batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-    with GraphStore(out / STORE, wanted) as parts:
+    with rank0_lock(out / STORE), GraphStore(out / STORE, wanted, lock=False) as parts:
         pending = [b for b in range(len(batches)) if b not in parts.done()]
         barrier()   # every rank has read the pending list before any writes
         mine = pending[rank::world]

@@ -9,6 +9,7 @@ See ``docs/metrics.md`` for every definition and where we differ from Quantus.
 
 from ierf.metrics.attacks import AttackResult, manipulation_attack
 from ierf.metrics.base import Explain, Metric
+from ierf.metrics.c2 import C2Accumulator, C2Result, C2Score
 from ierf.metrics.complexity import Sparseness
 from ierf.metrics.faithfulness import (
     Deletion,
@@ -41,7 +42,8 @@ def metric(name: str, **hyperparameters) -> Metric:
     return METRICS[name](**hyperparameters)
 
 
-__all__ = ["METRICS", "AttackResult", "AttributionLocalisation", "Deletion", "Explain",
+__all__ = ["METRICS", "AttackResult", "AttributionLocalisation", "C2Accumulator", "C2Result",
+           "C2Score", "Deletion", "Explain",
            "FaithfulnessCorrelation", "GridPointingGame", "Insertion", "Metric",
            "PixelFlipping", "PointingGame", "Randomisation", "SaCo", "Sparseness", "Stability",
            "make_grid", "manipulation_attack", "metric", "metric_names"]

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from typing_extensions import Self
 
-from ierf.errors import IerfError
+from ierf.errors import IerfError, require_finite
+from ierf.integrity import check_file, sha256_file
 from ierf.io import atomic_path
 from ierf.registry import Registry
 
@@ -34,12 +36,15 @@ def default_n_concepts(n_features: int, n_concepts: int | None) -> int:
 
 
 def check_pfvs(X: torch.Tensor, n_features: int | None = None) -> torch.Tensor:
-    """Validate a (N, C) floating-point PFV matrix (with ``C == n_features`` when given)."""
+    """Validate a (N, C) floating-point PFV matrix without NaN or Inf (with
+    ``C == n_features`` when given)."""
     if not isinstance(X, torch.Tensor) or X.ndim != 2 or not X.is_floating_point():
         shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
         raise IerfError(f"expected a floating-point (N, C) tensor of PFVs, got {shape}")
     if n_features is not None and X.shape[1] != n_features:
         raise IerfError(f"expected {n_features} channels, got {X.shape[1]}")
+    require_finite(X, f"the ({X.shape[0]}, {X.shape[1]}) PFVs", "drop those rows or fix "
+                   "the model or atlas they come from (a NaN would spread to every concept)")
     return X
 
 
@@ -97,10 +102,12 @@ class ConceptExtractor(ABC):
         tensor_file, config_file = _files(path)
         tensors = {name: t.detach().cpu().contiguous().clone()
                    for name, t in self.state_tensors().items()}
-        meta = {"class": type(self).__name__, "format": FORMAT_VERSION, "config": self.config()}
         with atomic_path(tensor_file) as tmp:
             save_file(tensors, tmp)
-        with atomic_path(config_file) as tmp:
+            sha256 = sha256_file(tmp)
+        meta = {"class": type(self).__name__, "format": FORMAT_VERSION, "config": self.config(),
+                "sha256": sha256}
+        with atomic_path(config_file) as tmp:  # the JSON, written last, commits the pair
             Path(tmp).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -111,12 +118,24 @@ class ConceptExtractor(ABC):
         called on a subclass it checks the file holds that class.
         """
         tensor_file, config_file = _files(path)
-        meta = json.loads(config_file.read_text())
+        try:
+            meta = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise IerfError(f"{config_file} is not a readable extractor config ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise IerfError(f"{config_file} is not an extractor config of format "
+                            f"{FORMAT_VERSION}; refit it")
         target = ConceptExtractor.registry[meta.get("class")]
         if not issubclass(target, cls):
             raise IerfError(f"{config_file} holds a {target.__name__}, not a {cls.__name__}")
-        extractor = target(**meta["config"])
-        extractor.load_state_tensors(load_file(tensor_file, device=str(device)))
+        check_file(tensor_file, meta.get("sha256"), None,
+                   f"it does not belong to {config_file.name} (an interrupted save?); refit it")
+        try:
+            extractor = target(**meta["config"])
+            extractor.load_state_tensors(load_file(tensor_file, device=str(device)))
+        except (TypeError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            raise IerfError(f"{config_file} and {tensor_file.name} do not make a "
+                            f"{target.__name__} ({e}); refit it") from None
         return extractor
 
 
