@@ -122,3 +122,18 @@ def test_sixteen_bit_and_transparent_images_are_converted_and_said(tmp_path) -> 
 def test_attnlrp_on_a_cnn_warns() -> None:
     with pytest.warns(UserWarning, match="grad-x-input's numbers"):
         ierf.attributor("attnlrp", ierf.load_model("toy-resnet"))
+
+
+def test_layers_as_module_objects_and_uint8_tensors() -> None:
+    """pytorch-grad-cam habit: ``layer=net.layer2``; a uint8 tensor gets a clear error."""
+    model = ierf.load_model("toy-resnet")
+    x = model.normalize(generate(1, seed=0, split="test").images)
+    by_name = ierf.attributor("gradcam", model, layer="layer2").attribute(x)
+    by_module = ierf.attributor("gradcam", model, layer=model.net.layer2).attribute(x)
+    torch.testing.assert_close(by_module, by_name)
+    srd = ierf.attributor("srd-low", model, layer=model.net.layer3)
+    assert srd._layer == "layer3"
+    with pytest.raises(ierf.IerfError, match="not part of"):
+        ierf.attributor("gradcam", model, layer=torch.nn.Conv2d(3, 3, 1))
+    with pytest.raises(ierf.IerfError, match="expected a float tensor, got torch.uint8"):
+        ierf.attributor("gradient", model).attribute((x * 50).to(torch.uint8))

@@ -42,6 +42,7 @@ def test_two_classes_end_to_end(built, capsys) -> None:
     names = built["names"]
     assert (out / "diagnosis.png").is_file() and (out / "graph.png").is_file()
     assert (out / "routes.png").is_file()
+    assert "ierf.concept-graph" in (out / "diagnosis.html").read_text()    # the explorer page
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "diagnosis.json").read_text())
@@ -88,7 +89,7 @@ def test_attack_end_to_end(built, capsys) -> None:
     clean, attacked = read_graph(out / "graph-clean.json"), read_graph(out / "graph-attacked.json")
     torch.testing.assert_close(diff.edges[0].weights,
                                attacked.edges[0].weights - clean.edges[0].weights)
-    for name in ("attack.png", "diff-graph.png", "routes-attacked.png"):
+    for name in ("attack.png", "diff-graph.png", "routes-attacked.png", "diff-graph.html"):
         assert (out / name).is_file()
 
 

@@ -159,3 +159,23 @@ def test_exactness_tests_fail_if_a_bias_sneaks_into_the_sae(fact_toy: ierf.Model
     clean_t = concept_traces(net, x, top=4)
     assert _rel_ok(clean_c.residual, clean_c.logits) and _rel_ok(clean_t.residual,
                                                                  clean_t.activations)
+
+
+def test_contribution_traces_sum_to_the_contributions_and_to_the_logit() -> None:
+    """App. H.2: a concept's contribution to a logit (Eq. 9), traced to the pixels, sums to
+    that contribution; the traces of all concepts sum to the logit."""
+    from ierf.fact import concept_contributions, contribution_traces
+
+    model = ierf.load_model("fact-toy")
+    x = generate(3, seed=2, split="test").images
+    K = model.net.bottleneck("layer2").n_concepts
+    c = concept_contributions(model, x, classes=torch.tensor([0, 3, 5])[:, None])
+    t = contribution_traces(model, x, torch.tensor([0, 3, 5]), concepts=list(range(K)))
+    scale = c.logits.abs().max().item()
+    torch.testing.assert_close(t.activations, c.contributions[:, 0], rtol=1e-4,
+                               atol=1e-5 * scale)
+    torch.testing.assert_close(t.maps.sum((-2, -1)), t.activations, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(t.maps.sum((1, -2, -1)), c.logits[:, 0], rtol=1e-4,
+                               atol=1e-4 * scale)
+    top = contribution_traces(model, x, top=2)                  # predicted class, top-2
+    assert top.concepts.shape == (3, 2)

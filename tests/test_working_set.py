@@ -49,7 +49,10 @@ def toy_kmeans() -> tuple[torch.Tensor, torch.Tensor]:
 def random_dictionary() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     V = F.normalize(torch.randn(48, 384, generator=g, dtype=torch.float64), dim=0)
-    return torch.randn(24, 48, generator=g, dtype=torch.float64), V
+    U = torch.zeros(12, 384, dtype=torch.float64)                   # 5-sparse rows + noise
+    U.scatter_(1, torch.randint(384, (12, 5), generator=g), 1 + torch.rand(12, 5, generator=g,
+                                                                         dtype=torch.float64))
+    return U @ V.T + 0.05 * torch.randn(12, 48, generator=g, dtype=torch.float64), V
 
 
 @pytest.mark.parametrize("positive", [False, True])
@@ -59,16 +62,16 @@ def test_equals_sklearn_objective(request: pytest.FixtureRequest, data: str, pos
                                   fraction: float) -> None:
     X, V = request.getfixturevalue(data)
     alpha = alpha_at(X, V, fraction)
-    U, gap = lasso_working_set(X, V, alpha, positive=positive, tol=1e-4)
     ref = sklearn_lasso(X, V, alpha, positive)
-    f, f_ref = lasso_objective(X, V, U, alpha), lasso_objective(X, V, ref, alpha)
-    assert ((f - f_ref) / f_ref).max() <= 1e-4
-    assert (U != 0).sum(1).double().mean() >= 1.5
-    if positive:
-        assert (U >= 0).all()
-    U32, _ = lasso_working_set(X.float(), V.float(), alpha, positive=positive, tol=1e-4)
-    f32 = lasso_objective(X, V, U32.double(), alpha)
-    assert ((f32 - f_ref) / f_ref).max() <= 1e-4
+    f_ref = lasso_objective(X, V, ref, alpha)
+    for working_set in (None, 16):                  # active set over all atoms; growing sets
+        for dtype in (torch.float64, torch.float32):
+            U, _ = lasso_working_set(X.to(dtype), V.to(dtype), alpha, positive=positive,
+                                     tol=1e-4, working_set=working_set)
+            f = lasso_objective(X, V, U.double(), alpha)
+            assert ((f - f_ref) / f_ref).max() <= 1e-4
+            assert (U != 0).sum(1).double().mean() >= 1.5
+            assert not positive or (U >= 0).all()
 
 
 @pytest.mark.parametrize("positive", [False, True])
@@ -94,9 +97,11 @@ def test_batching_invariance(toy_kmeans: tuple[torch.Tensor, torch.Tensor]) -> N
     X, V = toy_kmeans
     X = X[:12]
     alpha = alpha_at(X, V, 0.05)
-    for positive in (False, True):
-        U, gap = lasso_working_set(X, V, alpha, positive=positive, tol=1e-8)
-        one = [lasso_working_set(x[None], V, alpha, positive=positive, tol=1e-8) for x in X]
+    for positive, working_set in ((False, None), (True, None), (False, 16)):
+        U, gap = lasso_working_set(X, V, alpha, positive=positive, tol=1e-8,
+                                   working_set=working_set)
+        one = [lasso_working_set(x[None], V, alpha, positive=positive, tol=1e-8,
+                                 working_set=working_set) for x in X]
         torch.testing.assert_close(U, torch.cat([u for u, _ in one]), atol=1e-9, rtol=0)
         torch.testing.assert_close(gap, torch.cat([g for _, g in one]), atol=1e-9, rtol=0)
 
@@ -106,8 +111,9 @@ def test_edge_cases(random_dictionary: tuple[torch.Tensor, torch.Tensor]) -> Non
     X = X.clone()
     alpha_max = float((X @ V).abs().amax()) / X.shape[1]
     for positive in (False, True):
-        U, gap = lasso_working_set(X, V, alpha_max, positive=positive)
-        assert (U == 0).all() and (gap.abs() <= 1e-12).all()
+        for alpha in (alpha_max * (1 + 1e-9), 10 * alpha_max):
+            U, gap = lasso_working_set(X, V, alpha, positive=positive)
+            assert (U == 0).all() and (gap.abs() <= 1e-12).all()
     X[3] = 0
     alpha = alpha_at(X, V, 0.1)
     U, gap = lasso_working_set(X, V, alpha)
@@ -124,7 +130,7 @@ def test_edge_cases(random_dictionary: tuple[torch.Tensor, torch.Tensor]) -> Non
 def test_cuda_matches_cpu(toy_kmeans: tuple[torch.Tensor, torch.Tensor]) -> None:
     X, V = toy_kmeans
     alpha = alpha_at(X, V, 0.05)
-    U, gap = lasso_working_set(X, V, alpha, tol=1e-8)
+    U, _ = lasso_working_set(X, V, alpha, tol=1e-8)
     U_gpu, gap_gpu = lasso_working_set(X.cuda(), V.cuda(), alpha, tol=1e-8)
     torch.testing.assert_close(U_gpu.cpu(), U, atol=1e-7, rtol=0)
     assert (gap_gpu.cpu() <= 1e-8 * X.square().sum(1) / X.shape[1]).all()

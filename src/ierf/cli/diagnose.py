@@ -127,7 +127,8 @@ def _classes(args: argparse.Namespace, model: Any, bases: dict, x: Any, stem: st
               "mass (chance 0.50)")
         for i, r in enumerate(d.routes[cls][:2], 1):
             print(f"  route {i} to {names[cls]} ({r.strength:+.3g}): {' → '.join(r.labels)}")
-    print(f"→ {out}/diagnosis.md, diagnosis.png, graph.png, diagnosis.json")
+    _page(out / "graph.json", out / "diagnosis.html", f"{stem}: the per-image concept graph")
+    print(f"→ {out}/diagnosis.md, diagnosis.png, graph.png, diagnosis.json, diagnosis.html")
     return 0
 
 
@@ -177,5 +178,14 @@ def _attack(args: argparse.Namespace, model: Any, bases: dict, x: Any, stem: str
               f"{d.energy_share:.3f} (chance {d.chance:.3f}"
               + (")" if d.energy_localised else "; the perturbation's energy is spread "
                  "evenly: no region to compare with)"))
-    print(f"→ {out}/diagnosis.md, attack.png, diff-graph.png, diagnosis.json")
+    _page(out / "diff-graph.json", out / "diff-graph.html",
+          f"{stem}: attacked − clean concept graph")
+    print(f"→ {out}/diagnosis.md, attack.png, diff-graph.png, diagnosis.json, diff-graph.html")
     return 0
+
+
+def _page(graph: Path, out: Path, title: str) -> None:
+    """The explorer's offline page of a graph the report wrote (no route overlay)."""
+    from ierf.explorer import export_html
+
+    export_html(graph, out, routes=False, title=title)

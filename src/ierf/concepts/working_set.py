@@ -69,7 +69,7 @@ def lasso_duality_gap(X: torch.Tensor, V: torch.Tensor, U: torch.Tensor, alpha: 
 
 
 @torch.no_grad()
-def lasso_homotopy(corr: torch.Tensor, gram: torch.Tensor, lam: float, positive: bool = False,
+def lasso_homotopy(corr: torch.Tensor, atoms: torch.Tensor, lam: float, positive: bool = False,
                    max_steps: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Lasso homotopy on a batch of small problems, all rows stepping together.
 
@@ -80,11 +80,13 @@ def lasso_homotopy(corr: torch.Tensor, gram: torch.Tensor, lam: float, positive:
     inactive atom reaches ``|c_j| = level − γ`` (joins), an active coefficient reaches 0
     (drops) or ``level − γ = λ``. Rows are masked: inactive rows/columns of ``G_AA`` are
     replaced by the identity so one batched Cholesky solve gives every row's direction.
+    ``G`` is never formed: ``G_AA = V_Aᵀ V_A`` and ``G d = V_Wᵀ (V_A d_A)`` cost ``O(p² C)`` and
+    ``O(W C)`` per row and event, so ``W`` may be the whole dictionary.
 
     Parameters
     ----------
     corr : (R, W) correlations ``b = V_Wᵀ x``.
-    gram : (R, W, W) Gram matrices ``V_Wᵀ V_W``.
+    atoms : (W, C) atoms shared by all rows (``V_Wᵀ``), or (R, W, C), each row's own.
     lam : the ``λ`` of the ``½‖·‖²`` scaling (``α C``).
     positive : constrain ``u ≥ 0``.
     max_steps : most path events per row.
@@ -96,12 +98,14 @@ def lasso_homotopy(corr: torch.Tensor, gram: torch.Tensor, lam: float, positive:
     Lasso solution for a larger ``λ``.
     """
     r, w = corr.shape
-    eye = torch.eye(w, dtype=gram.dtype, device=gram.device)
+    shared = atoms.ndim == 2
+    eye = torch.eye(w, dtype=atoms.dtype, device=atoms.device)
     out = torch.zeros_like(corr)
     failed = torch.zeros(r, dtype=torch.bool, device=corr.device)
     level, first = (corr if positive else corr.abs()).max(1)
     rows = (level > lam).nonzero().squeeze(1)                          # others: u = 0
-    c, g, level = corr[rows], gram[rows], level[rows]
+    c, level = corr[rows], level[rows]
+    g = atoms if shared else atoms[rows]
     active = F.one_hot(first[rows], w).bool()
     sign = torch.sign(c) * active
     u = torch.zeros_like(c)
@@ -111,14 +115,16 @@ def lasso_homotopy(corr: torch.Tensor, gram: torch.Tensor, lam: float, positive:
         p = int(active.sum(1).max())                                   # active atoms first
         order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :p]
         on = active.gather(1, order)
-        g_aa = g.gather(1, order[:, :, None].expand(-1, -1, w)).gather(
-            2, order[:, None].expand(-1, p, -1))
+        v_a = g[order] if shared else g.gather(1, order[:, :, None].expand(-1, -1, g.shape[2]))
+        g_aa = v_a @ v_a.transpose(1, 2)                               # (R, p, p)
         chol, info = torch.linalg.cholesky_ex(
             torch.where(on[:, :, None] & on[:, None], g_aa, eye[:p, :p]))
         singular = info != 0
         d_a = torch.cholesky_solve(sign.gather(1, order)[:, :, None], chol).squeeze(2)
-        d = torch.zeros_like(c).scatter_(1, order, torch.where(singular[:, None], 0.0, d_a))
-        a = (g @ d[:, :, None]).squeeze(2)                             # −dc/dγ
+        d_a = torch.where(singular[:, None] | ~on, 0.0, d_a)
+        d = torch.zeros_like(c).scatter_(1, order, d_a)
+        step = (d_a[:, None, :] @ v_a).squeeze(1)                      # V_A d_A, (R, C)
+        a = step @ g.T if shared else (g @ step[:, :, None]).squeeze(2)   # G d = −dc/dγ
         floor = 1e-12 * level[:, None]
         join = (level[:, None] - c) / (1 - a)                          # c_j − γ a_j = level − γ
         join = torch.where(~active & (1 - a > 1e-12) & (join > floor), join, math.inf)
@@ -146,16 +152,30 @@ def lasso_homotopy(corr: torch.Tensor, gram: torch.Tensor, lam: float, positive:
             out[rows[end]] = u[end] * active[end]
             failed[rows[end]] = singular[end]
             keep = ~end
-            rows, c, g, level, active, sign, u = (t[keep] for t in (rows, c, g, level, active,
-                                                                    sign, u))
+            rows, c, level, active, sign, u = (t[keep] for t in (rows, c, level, active, sign,
+                                                                 u))
+            g = g if shared else g[keep]
     if len(rows):                                                      # out of steps
         out[rows], failed[rows] = u * active, True
     return out, failed
 
 
+def _priority(dual: torch.Tensor, support: torch.Tensor, inv_norm: torch.Tensor, lam: float,
+              positive: bool) -> torch.Tensor:
+    """(R, K) working-set score, higher first: the current support, then celer's priority,
+    minus the distance ``(λ − |v_jᵀθ|) / ‖v_j‖`` of the dual point ``θ = s r`` to atom ``j``'s
+    constraint (``v_jᵀθ`` instead of ``|v_jᵀθ|`` when ``positive``), so that atoms are ranked
+    by how close they are to entering, whatever their norm."""
+    corr = dual if positive else dual.abs()
+    top = corr.amax(1, keepdim=True)
+    scale = torch.where(top > lam, lam / top, torch.ones_like(top))
+    score = (scale * corr - lam) * inv_norm
+    return torch.where(support, math.inf, score)
+
+
 @torch.no_grad()
 def lasso_working_set(X: torch.Tensor, V: torch.Tensor, alpha: float, *, positive: bool = False,
-                      tol: float = 1e-4, max_iter: int = 1000, working_set: int = 16,
+                      tol: float = 1e-4, max_iter: int = 1000, working_set: int | None = None,
                       max_working_set: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Lasso coefficients of every row of ``X`` over ``V`` by a batched working-set method.
 
@@ -192,19 +212,25 @@ def lasso_working_set(X: torch.Tensor, V: torch.Tensor, alpha: float, *, positiv
     V = V.to(X)
     lam = alpha * c
     VT = V.T.contiguous()
+    norms = V.norm(dim=0)
     U = X.new_zeros(n, k)
     gap = X.new_zeros(n)
     gap_tol = tol * X.square().sum(1)
     rows = torch.arange(n, device=X.device)
-    score = X @ V
+    inv_norm = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(X.dtype).tiny), 0.0)
+    dual = X @ V                                                                  # Vᵀ r at u = 0
+    support = torch.zeros_like(dual, dtype=torch.bool)
+    if working_set is None or working_set >= k:                 # active set over all K atoms
+        u, _ = lasso_homotopy(dual.double(), VT.double(), lam, positive, max_iter)
+        U = u.to(X.dtype)
+        return U, lasso_duality_gap(X, V, U, alpha, positive)
     size = min(working_set, k)
     while len(rows):
         x = X[rows]
-        atoms = (score if positive else score.abs()).topk(size, dim=1).indices     # (R, W)
+        atoms = _priority(dual, support, inv_norm, lam, positive).topk(size, dim=1).indices
         Vw = VT[atoms]                                                            # (R, W, C)
-        gram = (Vw @ Vw.transpose(1, 2)).double()
         corr = (Vw @ x[:, :, None]).squeeze(2).double()
-        u, failed = lasso_homotopy(corr, gram, lam, positive, max_iter)
+        u, failed = lasso_homotopy(corr, Vw.double(), lam, positive, max_iter)
         u = u.to(X.dtype)
         Ur = X.new_zeros(len(rows), k).scatter_(1, atoms, u)
         residual = x - (u[:, None, :] @ Vw).squeeze(1)
@@ -215,5 +241,5 @@ def lasso_working_set(X: torch.Tensor, V: torch.Tensor, alpha: float, *, positiv
         if size >= min(k, max_working_set) or not grow.any():
             break
         rows, size = rows[grow], min(2 * size, k, max_working_set)
-        score = dual[grow] + torch.where(Ur[grow] != 0, math.inf, 0.0)          # support first
+        dual, support = dual[grow], Ur[grow] != 0
     return U, gap / c

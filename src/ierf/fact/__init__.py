@@ -18,6 +18,7 @@ from ierf.fact.contributions import (
     as_fact,
     concept_contributions,
     concept_traces,
+    contribution_traces,
     cross_layer_contributions,
 )
 from ierf.fact.deletion import (
@@ -42,4 +43,5 @@ __all__ = ["BcosConv2d", "BcosLinear", "BcosResNet", "BottleneckTail", "ConceptC
            "FactExplanation", "TopKBottleneck", "UncenteredBatchNorm2d", "always_on", "as_fact",
            "bcos_resnet50", "bcos_toy_resnet", "check_bcos", "concept_activations",
            "concept_contributions", "concept_deletion", "concept_importances", "concept_traces",
-           "cross_layer_contributions", "encode_input", "explain_image", "explanation_mode"]
+           "contribution_traces", "cross_layer_contributions", "encode_input", "explain_image",
+           "explanation_mode"]

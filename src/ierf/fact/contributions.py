@@ -1,4 +1,4 @@
-"""Exact concept explanations of a FaCT model (Sec. 3.1 Eqs. 8–12, App. H.3).
+"""Exact concept explanations of a FaCT model (Sec. 3.1 Eqs. 8–12, App. H.2–H.3).
 
 In explanation mode (dynamic scales detached) everything between the input, the concept codes
 ``u`` and the logits is dynamic-linear, so gradient × input decomposes each quantity exactly:
@@ -67,7 +67,9 @@ class ConceptTraces:
     ----------
     weights : (B, M, 6, H, W) dynamic-linear weights ``W_k(x)`` of each traced activation.
     inputs : (B, 6, H, W) the encoded input ``[x, 1 − x]``.
-    activations : (B, M) activation ``a_k = Σ_{h,w} u_k(h,w)`` of each traced concept.
+    activations : (B, M) the traced quantity: the activation ``a_k = Σ_{h,w} u_k(h,w)`` of
+        each concept (Eq. 12), or its contribution to a logit (App. H.2,
+        :func:`contribution_traces`).
     concepts : (B, M) concept indices.
     layer : the bottleneck layer.
     """
@@ -242,6 +244,40 @@ def concept_traces(model: object, x: Tensor,
         ids = _indices(concepts, len(x), K, "concepts", act.topk(min(top, K), dim=1).indices)
         g = _batched_grad(u, x6, _unit_selector(ids, u))  # (M, B, 6, H, W)
     return ConceptTraces(g.transpose(0, 1), x6.detach(), act.gather(1, ids), ids, layer)
+
+
+def contribution_traces(model: object, x: Tensor, classes: int | Tensor | None = None,
+                        concepts: int | Sequence[int] | Tensor | None = None,
+                        layer: str | None = None, top: int = 8) -> ConceptTraces:
+    """Each concept's *contribution* to a logit traced back to the input pixels (App. H.2,
+    Eqs. H.3–H.6): Eq. 12 with the positions weighted by ``∂y_c/∂u_k(h, w)`` (dynamic scales
+    detached) instead of summed uniformly. The maps of a concept sum to its contribution
+    (Eq. 9), and the maps of all concepts to the logit.
+
+    Parameters
+    ----------
+    classes : one class for all images (int), one per image ((B,) tensor), or ``None``
+        (each image's predicted class).
+    concepts : ``None`` (the ``top`` largest contributions of each image), an int or list, or
+        a (B,) / (B, M) tensor of per-image concepts.
+    """
+    fact = as_fact(model)
+    layer = _layer(fact, layer)
+    K = fact.bottleneck(layer).n_concepts
+    with explanation_mode(fact), torch.enable_grad(), fact.recording() as rec:
+        x6, logits = _forward(fact, x)
+        B = len(x6)
+        cls = _indices(classes, B, logits.shape[1], "classes",
+                       logits.argmax(1, keepdim=True))
+        if cls.shape[1] != 1:
+            raise IerfError("contribution_traces explains one class per image; give an int "
+                            "or a (B,) tensor")
+        u = rec.codes[layer]
+        (g,) = torch.autograd.grad(logits.gather(1, cls).sum(), u, retain_graph=True)
+        contrib = _spatial_sum(g * u.detach(), u)                                  # (B, K)
+        ids = _indices(concepts, B, K, "concepts", contrib.topk(min(top, K), dim=1).indices)
+        w = _batched_grad(u, x6, _unit_selector(ids, u) * g.detach())   # (M, B, 6, H, W)
+    return ConceptTraces(w.transpose(0, 1), x6.detach(), contrib.gather(1, ids), ids, layer)
 
 
 def cross_layer_contributions(model: object, x: Tensor, source: str, target: str,

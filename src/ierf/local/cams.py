@@ -79,12 +79,12 @@ class _LayerCam(_PytorchGradCam):
     cam_class: ClassVar[str]  # class name in pytorch_grad_cam
     stride: ClassVar[int | None] = None  # None: the encoder output
 
-    def __init__(self, model: Model | nn.Module, layer: str | None = None) -> None:
+    def __init__(self, model: Model | nn.Module, layer: str | nn.Module | None = None) -> None:
         super().__init__(model)
         if layer is None:
             layer = (self.model.encoder_layer() if self.stride is None
                      else self.model.layer_at_stride(self.stride))
-        self.layer = layer
+        self.layer = layer = self.model.layer_name(layer)
         self.target_layer = self.model.module(layer)
 
     def _make_cam(self) -> BaseCAM:

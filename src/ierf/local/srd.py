@@ -139,7 +139,7 @@ class SRD(Attributor):
     name: ClassVar[str] = "srd"
     resolution: ClassVar[str] = "input"
 
-    def __init__(self, model: Model | nn.Module, layer: str | None = None,
+    def __init__(self, model: Model | nn.Module, layer: str | nn.Module | None = None,
                  high_layer: str | None = None, final: str = "clamped-mean",
                  bias: str = "proportional", eps: float = 0.05,
                  create_graph: bool = False) -> None:
@@ -148,10 +148,8 @@ class SRD(Attributor):
             raise IerfError(f"unknown final sharing ratio {final!r}; use one of {FINAL_RATIOS}")
         if bias not in BIAS_RULES:
             raise IerfError(f"unknown bias rule {bias!r}; use one of {BIAS_RULES}")
-        self._layer = layer
-        if layer is not None:
-            self.model.module(layer)
-        elif self.model.input_size is not None:
+        self._layer = layer if layer is None else self.model.layer_name(layer)
+        if layer is None and self.model.input_size is not None:
             self._layer = self.model.encoder_layer()
         if self._layer is not None:
             check_supported(self.model.net, self._layer, self.model.is_vit)

@@ -116,6 +116,18 @@ class Model:
             raise unknown_name("layer", name, valid)
         return modules[name]
 
+    def layer_name(self, layer: str | nn.Module) -> str:
+        """The name of ``layer``: a name (checked), or the module object itself, as
+        pytorch-grad-cam users pass it (``layer=net.layer3``)."""
+        if isinstance(layer, nn.Module):
+            for name, m in self.net.named_modules():
+                if m is layer and name:
+                    return name
+            raise IerfError(f"the module {type(layer).__name__} passed as a layer is not part of "
+                            f"{self.name}; pass one of its submodules or a layer name")
+        self.module(layer)
+        return layer
+
     def layer_names(self) -> list[str]:
         """Layers whose output has PFVs (feature maps or patch tokens), in forward order."""
         return list(self.layer_grids())
@@ -293,6 +305,10 @@ def check_input(x: torch.Tensor, input_size: tuple[int, int, int] | None = None,
                         "add a batch dimension with x.unsqueeze(0)")
     if x.dim() != 4:
         raise IerfError(f"expected a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise IerfError(f"expected a float tensor, got {x.dtype}; for 0–255 pixels use "
+                        "model.preprocess(image) on a PIL image, or x.float() / 255 then "
+                        "model.normalize(x)")
     if channels is not None and x.shape[1] != channels:
         raise IerfError(f"expected {channels} input channels, got shape {tuple(x.shape)}; "
                         "use model.preprocess(image)")
