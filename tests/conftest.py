@@ -60,3 +60,37 @@ def fit_basis():
         return ConceptBasis.bind(km, model, layer, path=f"bases/{layer}")
 
     return fit
+
+
+@pytest.fixture(scope="session")
+def random_graph():
+    """``random_graph(sizes, n_classes, seed, sparsity=0.3, positive=False, error=True)``: a
+    concept graph with random (signed unless ``positive``) edges, a fraction ``sparsity`` of
+    them zero, classes 10, 11, …; the last layer's importances are its class edges."""
+    from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes
+
+    def build(sizes: list[int], n_classes: int = 2, seed: int = 0, sparsity: float = 0.3,
+              positive: bool = False, error: bool = True) -> ConceptGraph:
+        g = torch.Generator().manual_seed(seed)
+        layers = [f"l{i}" for i in range(len(sizes))] + ["output"]
+        nodes = {l: LayerNodes(l, torch.arange(K), [f"{l} #{k}" for k in range(K)],
+                               torch.randn(K, n_classes, generator=g), torch.rand(K, generator=g),
+                               torch.rand(K, generator=g), 0.1,
+                               torch.randn(n_classes, generator=g))
+                 for l, K in zip(layers, sizes)}
+        edges = []
+        for i, K in enumerate(sizes):
+            T = sizes[i + 1] if i + 1 < len(sizes) else n_classes
+            w = torch.randn(K + 1, T, generator=g)
+            w = (w.abs() if positive else w) * (torch.rand(K + 1, T, generator=g) > sparsity)
+            if not error:
+                w[-1] = 0
+            edges.append(Edges(layers[i], layers[i + 1], w, "ig", torch.randn(T, generator=g)))
+        last = layers[len(sizes) - 1]
+        nodes[last].importance = edges[-1].weights[:-1].clone()
+        return ConceptGraph(layers, nodes, torch.arange(10, 10 + n_classes),
+                            [f"class {c}" for c in range(n_classes)],
+                            torch.randn(n_classes, generator=g), torch.rand(n_classes, generator=g),
+                            edges)
+
+    return build

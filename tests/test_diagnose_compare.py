@@ -26,33 +26,11 @@ from ierf.diagnose.regions import (
     unit_mass,
 )
 from ierf.errors import IerfError
-from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes
+from ierf.graph.concept_graph import ConceptGraph
 from ierf.graph.routes import NodeLocations, Route, edge_fractions, trace_routes
 
 torch.set_num_threads(2)
 
-
-def random_graph(sizes: list[int], n_classes: int, seed: int, sparsity: float = 0.3,
-                 positive: bool = False) -> ConceptGraph:
-    """A graph with random (signed unless ``positive``) edges, classes 10, 11, ..."""
-    g = torch.Generator().manual_seed(seed)
-    layers = [f"l{i}" for i in range(len(sizes))] + ["output"]
-    nodes = {l: LayerNodes(l, torch.arange(K), [f"{l} #{k}" for k in range(K)],
-                           torch.randn(K, n_classes, generator=g), torch.rand(K, generator=g),
-                           torch.rand(K, generator=g), 0.1, torch.randn(n_classes, generator=g))
-             for l, K in zip(layers, sizes)}
-    edges = []
-    for i, K in enumerate(sizes):
-        T = sizes[i + 1] if i + 1 < len(sizes) else n_classes
-        w = torch.randn(K + 1, T, generator=g)
-        w = (w.abs() if positive else w) * (torch.rand(K + 1, T, generator=g) > sparsity)
-        edges.append(Edges(layers[i], layers[i + 1], w, "ig", torch.randn(T, generator=g)))
-    last = layers[len(sizes) - 1]
-    nodes[last].importance = edges[-1].weights[:-1].clone()
-    return ConceptGraph(layers, nodes, torch.arange(10, 10 + n_classes),
-                        [f"class {c}" for c in range(n_classes)],
-                        torch.randn(n_classes, generator=g), torch.rand(n_classes, generator=g),
-                        edges)
 
 
 def brute_flow(graph: ConceptGraph, layer: int, t: int, c: int) -> float:
@@ -70,7 +48,7 @@ def brute_flow(graph: ConceptGraph, layer: int, t: int, c: int) -> float:
     return total
 
 
-def test_flows_and_edge_contributions_equal_brute_force() -> None:
+def test_flows_and_edge_contributions_equal_brute_force(random_graph) -> None:
     graph = random_graph([3, 4, 3], 3, seed=0)
     flows = class_flows(graph, [0, 2])
     contrib = edge_contributions(graph, [0, 2])
@@ -84,7 +62,7 @@ def test_flows_and_edge_contributions_equal_brute_force() -> None:
     torch.testing.assert_close(contrib[-1][:, 0], graph.edges[-1].weights[:-1][:, [0, 2]])
 
 
-def test_deciding_edge_is_the_largest_contribution_difference() -> None:
+def test_deciding_edge_is_the_largest_contribution_difference(random_graph) -> None:
     for seed in range(5):
         graph = random_graph([3, 4, 3], 3, seed=seed)
         cmp = compare_classes(graph, 10, 12, k=3, top=2)
@@ -108,7 +86,7 @@ def test_deciding_edge_is_the_largest_contribution_difference() -> None:
         assert [r.nodes[-1] for r in cmp.routes[1]] == ["output:12"] * len(cmp.routes[1])
 
 
-def test_shared_and_separating_concepts() -> None:
+def test_shared_and_separating_concepts(random_graph) -> None:
     graph = random_graph([6, 8], 2, seed=3)
     cmp = compare_classes(graph, "class 0", "class 1", top=3)
     for layer in ("l0", "l1"):
@@ -130,7 +108,7 @@ def test_shared_and_separating_concepts() -> None:
         compare_classes(graph, 10, 11, top=0)
 
 
-def test_route_mass_of_all_routes_is_the_first_layer_flow() -> None:
+def test_route_mass_of_all_routes_is_the_first_layer_flow(random_graph) -> None:
     """With positive edges every route is positive: all routes' logit-unit contributions sum
     to 1ᵀ A_1 ⋯ W_L[:, c], the summed class flow of the first layer."""
     graph = random_graph([3, 4, 2], 2, seed=4, sparsity=0.0, positive=True)
@@ -147,7 +125,7 @@ def swap_classes(graph: ConceptGraph) -> ConceptGraph:
     return replace(graph, edges=edges, nodes=nodes, logits=graph.logits[[1, 0]])
 
 
-def test_route_flip_score() -> None:
+def test_route_flip_score(random_graph) -> None:
     clean = random_graph([4, 5, 3], 2, seed=6)
     same = compare_attack(clean, clean, 10, 11)
     assert same.route_flip == 0
@@ -173,7 +151,7 @@ def test_route_flip_score() -> None:
                                clean.edges[-1].weights[:, [1, 0]] - clean.edges[-1].weights)
 
 
-def test_changed_concepts_are_repurposed_or_new() -> None:
+def test_changed_concepts_are_repurposed_or_new(random_graph) -> None:
     clean = random_graph([4, 5], 2, seed=8)
     attacked = replace(clean, nodes=dict(clean.nodes))
     imp = clean.nodes["l0"].importance.clone()

@@ -9,26 +9,11 @@ import pytest
 import torch
 
 from ierf.errors import IerfError
-from ierf.graph import ConceptGraph, Edges, LayerNodes, from_json, to_json
+from ierf.graph import from_json, to_json
 from ierf.graph.influence import cumulative_keep, node_influence
 
 SIZES = (4, 5, 3)          # concepts of two layers, then classes
 
-
-def random_graph(seed: int = 0) -> ConceptGraph:
-    g = torch.Generator().manual_seed(seed)
-    layers = ["l1", "l2"]
-    nodes = {layer: LayerNodes(layer, torch.arange(k), [f"c{i}" for i in range(k)],
-                               torch.rand(k, SIZES[-1], generator=g), torch.rand(k, generator=g),
-                               torch.rand(k, generator=g), 0.1, torch.zeros(SIZES[-1]))
-             for layer, k in zip(layers, SIZES)}
-    sparse = [torch.randn(a + 1, b, generator=g) * (torch.rand(a + 1, b, generator=g) < 0.7)
-              for a, b in itertools.pairwise(SIZES)]
-    edges = [Edges("l1", "l2", sparse[0], "ig"), Edges("l2", "output", sparse[1], "ig")]
-    probs = torch.rand(SIZES[-1], generator=g)
-    return ConceptGraph([*layers, "output"], nodes, torch.arange(SIZES[-1]),
-                        [f"class{c}" for c in range(SIZES[-1])], torch.randn(SIZES[-1]),
-                        probs / probs.sum(), edges, {"model": "random"})
 
 
 def path_influence(weights: list[torch.Tensor], w: torch.Tensor) -> list[torch.Tensor]:
@@ -45,8 +30,8 @@ def path_influence(weights: list[torch.Tensor], w: torch.Tensor) -> list[torch.T
     return [first, second]
 
 
-def test_influence_equals_the_sum_over_all_paths() -> None:
-    graph = random_graph()
+def test_influence_equals_the_sum_over_all_paths(random_graph) -> None:
+    graph = random_graph(list(SIZES[:-1]), SIZES[-1], seed=0)
     weights = [e.weights for e in graph.edges]
     ours = node_influence(weights, graph.probs)
     ref = path_influence(weights, graph.probs)
@@ -67,11 +52,11 @@ def test_cumulative_keep_is_the_smallest_set_reaching_the_threshold() -> None:
         cumulative_keep(scores, 0.0)
 
 
-def test_pruning_keeps_the_influential_nodes_and_round_trips(tmp_path) -> None:
-    graph = random_graph(1)
+def test_pruning_keeps_the_influential_nodes_and_round_trips(tmp_path, random_graph) -> None:
+    graph = random_graph(list(SIZES[:-1]), SIZES[-1], seed=1)
     pruned = graph.prune_by_influence(node_threshold=0.7, edge_threshold=0.9)
     influence = path_influence([e.weights for e in graph.edges], graph.probs)
-    for layer, infl in zip(["l1", "l2"], influence):
+    for layer, infl in zip(["l0", "l1"], influence):
         concepts = infl[:-1]
         kept = pruned.nodes[layer].index
         assert concepts[kept].sum() >= 0.7 * concepts.sum() - 1e-6
@@ -80,8 +65,8 @@ def test_pruning_keeps_the_influential_nodes_and_round_trips(tmp_path) -> None:
         if dropped.any():               # nothing dropped outweighs what was kept
             assert concepts[dropped].max() <= concepts[kept].min() + 1e-6
             assert concepts[kept].sum() - concepts[kept].min() < 0.7 * concepts.sum()
-    assert pruned.edges[0].weights.shape == (len(pruned.nodes["l1"].index) + 1,
-                                             len(pruned.nodes["l2"].index))
+    assert pruned.edges[0].weights.shape == (len(pruned.nodes["l0"].index) + 1,
+                                             len(pruned.nodes["l1"].index))
     assert pruned.edges[1].weights.shape[1] == SIZES[-1]      # class nodes all stay
     assert (pruned.edges[0].weights != 0).sum() < (graph.edges[0].weights != 0).sum()
     to_json(pruned, tmp_path / "g.json")
@@ -90,12 +75,12 @@ def test_pruning_keeps_the_influential_nodes_and_round_trips(tmp_path) -> None:
     torch.testing.assert_close(back.edges[1].weights, pruned.edges[1].weights)
 
 
-def test_one_class_keeps_that_class_route() -> None:
-    graph = random_graph(2)
-    focus = graph.prune_by_influence(0.5, 1.0, classes=["class1"])
+def test_one_class_keeps_that_class_route(random_graph) -> None:
+    graph = random_graph(list(SIZES[:-1]), SIZES[-1], seed=2)
+    focus = graph.prune_by_influence(0.5, 1.0, classes=["class 1"])
     w = torch.tensor([0.0, 1.0, 0.0])
     infl = path_influence([e.weights for e in graph.edges], w)[1][:-1]
-    assert set(focus.nodes["l2"].index.tolist()) == set(
+    assert set(focus.nodes["l1"].index.tolist()) == set(
         cumulative_keep(infl, 0.5).nonzero().flatten().tolist())
     with pytest.raises(IerfError, match="unknown class"):
         graph.prune_by_influence(classes=["nope"])

@@ -12,7 +12,7 @@ import ierf
 from ierf.data.synthetic import generate
 from ierf.errors import IerfError
 from ierf.graph import build_graph
-from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes
+from ierf.graph.concept_graph import ConceptGraph
 from ierf.graph.routes import (
     Route,
     WeightedPFVTarget,
@@ -25,26 +25,6 @@ from ierf.targets import PFVTarget
 
 torch.set_num_threads(2)
 
-
-def random_graph(sizes: list[int], n_classes: int, seed: int, sparsity: float = 0.3,
-                 error: bool = True) -> ConceptGraph:
-    """A graph with random signed edges (a fraction ``sparsity`` of them zero)."""
-    g = torch.Generator().manual_seed(seed)
-    layers = [f"l{i}" for i in range(len(sizes))] + ["output"]
-    nodes = {l: LayerNodes(l, torch.arange(K), [f"{l} #{k}" for k in range(K)],
-                           torch.randn(K, n_classes, generator=g), torch.rand(K, generator=g),
-                           torch.rand(K, generator=g), 0.1, torch.randn(n_classes, generator=g))
-             for l, K in zip(layers, sizes)}
-    edges = []
-    for i, K in enumerate(sizes):
-        T = sizes[i + 1] if i + 1 < len(sizes) else n_classes
-        w = torch.randn(K + 1, T, generator=g) * (torch.rand(K + 1, T, generator=g) > sparsity)
-        if not error:
-            w[-1] = 0
-        edges.append(Edges(layers[i], layers[i + 1], w, "ig"))
-    return ConceptGraph(layers, nodes, torch.arange(10, 10 + n_classes),
-                        [f"class {c}" for c in range(n_classes)], torch.zeros(n_classes),
-                        torch.full((n_classes,), 1 / n_classes), edges)
 
 
 def brute_force(graph: ConceptGraph, col: int, normalise: str) -> list[tuple[float, tuple]]:
@@ -60,7 +40,7 @@ def brute_force(graph: ConceptGraph, col: int, normalise: str) -> list[tuple[flo
 
 @pytest.mark.parametrize("normalise", ["incoming", "layer"])
 @pytest.mark.parametrize("order", ["positive", "negative", "abs"])
-def test_routes_equal_brute_force(order: str, normalise: str) -> None:
+def test_routes_equal_brute_force(order: str, normalise: str, random_graph) -> None:
     key = {"positive": lambda t: -t[0], "negative": lambda t: t[0],
            "abs": lambda t: -abs(t[0])}[order]
     for seed in range(8):
@@ -75,14 +55,14 @@ def test_routes_equal_brute_force(order: str, normalise: str) -> None:
                                    f"output:{10 + col}")
 
 
-def test_k_larger_than_the_number_of_routes_returns_all_of_them() -> None:
+def test_k_larger_than_the_number_of_routes_returns_all_of_them(random_graph) -> None:
     graph = random_graph([2, 3, 2], 2, seed=3, sparsity=0.5)
     everything = brute_force(graph, 1, "incoming")
     routes = trace_routes(graph, "class 1", k=1000, order="abs")
     assert len(routes) == len(everything) and len({r.nodes for r in routes}) == len(routes)
 
 
-def test_strengths_are_shares_of_the_class_evidence() -> None:
+def test_strengths_are_shares_of_the_class_evidence(random_graph) -> None:
     """Without error edges and with all edges present, |strength| over all routes sums to 1;
     the strength is the product of the route's fractions and fractions are weight / Σ|w|."""
     graph = random_graph([3, 4, 2], 2, seed=5, sparsity=0.0, error=False)
@@ -98,7 +78,7 @@ def test_strengths_are_shares_of_the_class_evidence() -> None:
     assert r.labels[-1] == "class 0" and r.to_dict()["nodes"] == list(r.nodes)
 
 
-def test_routes_end_at_the_requested_class_and_follow_kept_edges() -> None:
+def test_routes_end_at_the_requested_class_and_follow_kept_edges(random_graph) -> None:
     graph = random_graph([5, 6, 4], 3, seed=1, sparsity=0.0)
     pruned = graph.prune(top_k_per_class=2, top_shared=1, top_parents=2)
     for c, name in zip(range(10, 13), pruned.class_names):
@@ -115,7 +95,7 @@ def test_routes_end_at_the_requested_class_and_follow_kept_edges() -> None:
     assert all(len(r.nodes) == 3 and r.nodes[0].startswith("l1:") for r in later)
 
 
-def test_bad_input_is_refused() -> None:
+def test_bad_input_is_refused(random_graph) -> None:
     graph = random_graph([3, 3], 2, seed=0)
     with pytest.raises(IerfError, match="class 99 is not in this graph"):
         trace_routes(graph, 99)

@@ -74,6 +74,7 @@ def test_equals_sklearn_objective(request: pytest.FixtureRequest, data: str, pos
             assert not positive or (U >= 0).all()
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("positive", [False, True])
 def test_gap_is_sklearns_and_stopping_rule(random_dictionary: tuple[torch.Tensor, torch.Tensor],
                                            positive: bool) -> None:
