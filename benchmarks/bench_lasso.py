@@ -15,7 +15,8 @@ row on average, tol = 1e-4, scikit-learn's convention ``(1/(2C))‖x − V u‖�
 - ``--paper``: random unit-norm C = 1 024, K = 8 192, 196 five-sparse rows + noise.
 
 Solvers, all in this process with the same threads, interleaved ``--repeats`` times (median):
-ierf working set (:func:`ierf.concepts.working_set.lasso_working_set`, float64 and float32),
+ierf working set (:func:`ierf.concepts.working_set.lasso_working_set`: active-set homotopy
+over all atoms, float64 and float32; and per-row working sets from W = 16, doubling),
 ``decompose(solver="homotopy")`` and ``decompose(solver="fista")`` (once, slow), scikit-learn
 ``Lasso`` (row loop), celer ``Lasso`` (row loop; benchmark extra ``pip install celer``, skipped
 if absent). The objective gap is ``(P(u) − P*) / P*`` per row against the exact float64
@@ -82,14 +83,19 @@ def kmeans_dictionary(X: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def alpha_for_nnz(X: torch.Tensor, V: torch.Tensor, nnz: float) -> float:
-    """Alpha (scikit-learn convention) giving about ``nnz`` non-zeros per row, by bisection
-    in log space between ``alpha_max / 1000`` and ``alpha_max = max |Vᵀ x| / C``."""
+    """Alpha (scikit-learn convention) giving about ``nnz`` non-zeros per row: halve from
+    ``alpha_max = max |Vᵀ x| / C`` until past ``nnz`` (dense solves are slow), then bisect in
+    log space."""
+    def mean_nnz(alpha: float) -> float:
+        return float((lasso_working_set(X, V, alpha, tol=TOL)[0] != 0).sum(1).double().mean())
+
     hi = float((X @ V).abs().amax()) / X.shape[1]
-    lo = hi / 1000
-    for _ in range(14):
+    lo = hi / 2
+    while mean_nnz(lo) <= nnz:
+        hi, lo = lo, lo / 2
+    for _ in range(10):
         mid = (lo * hi) ** 0.5
-        U, _ = lasso_working_set(X, V, mid, tol=TOL)
-        lo, hi = (mid, hi) if (U != 0).sum(1).double().mean() > nnz else (lo, mid)
+        lo, hi = (mid, hi) if mean_nnz(mid) > nnz else (lo, mid)
     return (lo * hi) ** 0.5
 
 
@@ -107,6 +113,8 @@ def solvers(X: torch.Tensor, V: torch.Tensor, alpha: float, fista: bool
         "ierf working set (float64)": (lambda: lasso_working_set(X, V, alpha, tol=TOL)[0], True),
         "ierf working set (float32)": (lambda: lasso_working_set(X32, V32, alpha,
                                                                  tol=TOL)[0], True),
+        "ierf working set, W = 16 growing (float64)": (
+            lambda: lasso_working_set(X, V, alpha, tol=TOL, working_set=16)[0], True),
         "decompose homotopy (float64)": (lambda: decompose(X, V, alpha, tol=TOL,
                                                            solver="homotopy"), True),
         "sklearn Lasso, row loop": (lambda: row_loop(Lasso, Xn, Vn, alpha=alpha,
