@@ -13,6 +13,7 @@ import torchvision.transforms.v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 import ierf
+import ierf.data.images
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle", "camera")
 

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ierf.concepts.working_set import duality_gap_terms, lasso_working_set
 from ierf.errors import IerfError, require_finite
 
 
@@ -40,26 +41,11 @@ def lasso_objective(X: torch.Tensor, V: torch.Tensor, U: torch.Tensor,
     return residual.square().sum(1) / (2 * X.shape[1]) + alpha * U.abs().sum(1)
 
 
-def _gap(X: torch.Tensor, residual: torch.Tensor, correlation: torch.Tensor, U: torch.Tensor,
-         lam: float, positive: bool) -> torch.Tensor:
-    """(N,) duality gap of ``½‖x − V u‖² + λ‖u‖₁``, scikit-learn's ``enet_coordinate_descent``,
-    given ``residual = x − V u`` and ``correlation = Vᵀ residual``.
-
-    The dual point is the residual scaled into the feasible set ``‖Vᵀθ‖_∞ ≤ λ``
-    (``max Vᵀθ ≤ λ`` when ``positive``).
-    """
-    dual_norm = correlation.amax(1) if positive else correlation.abs().amax(1)
-    scale = torch.where(dual_norm > lam, lam / dual_norm, torch.ones_like(dual_norm))
-    r2 = residual.square().sum(1)
-    return (0.5 * r2 * (1 + scale.square()) + lam * U.abs().sum(1)
-            - scale * (residual * X).sum(1))
-
-
 def _duality_gap(X: torch.Tensor, V: torch.Tensor, U: torch.Tensor, lam: float,
                  positive: bool) -> torch.Tensor:
-    """(N,) duality gap of ``½‖x − V u‖² + λ‖u‖₁`` at ``U`` (see :func:`_gap`)."""
+    """(N,) duality gap of ``½‖x − V u‖² + λ‖u‖₁`` at ``U`` (:func:`duality_gap_terms`)."""
     residual = X - U @ V.T
-    return _gap(X, residual, residual @ V, U, lam, positive)
+    return duality_gap_terms(X, residual, residual @ V, U, lam, positive)
 
 
 def lipschitz_constant(V: torch.Tensor) -> float:
@@ -109,139 +95,21 @@ def _fista(X: torch.Tensor, V: torch.Tensor, alpha: float, max_iter: int, tol: f
     return U, left
 
 
-def _homotopy_path(corr: torch.Tensor, gram: torch.Tensor, lam: float, positive: bool,
-                   max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lasso homotopy (Osborne et al. 2000; LARS-Lasso, Efron et al. 2004) on small problems.
-
-    Each row ``i`` solves ``min_u ½ uᵀ G_i u − b_iᵀ u + λ‖u‖₁`` (``u ≥ 0`` if ``positive``)
-    over its own ``W`` atoms, ``G_i = V_Wᵢᵀ V_Wᵢ`` and ``b_i = V_Wᵢᵀ x_i``, by following the
-    piecewise-linear path of the solution from ``λ_max = ‖b‖_∞`` down to ``λ``. On a segment
-    with active set ``A`` and signs ``s``: ``du/dλ = −G_AA⁻¹ s``; the segment ends when an atom
-    joins (``|c_j| = λ``, ``c = b − G u``) or an active coefficient reaches 0. All rows step
-    together, masked: the active-set Gram ``G_AA`` is ``G`` with inactive rows/columns
-    replaced by the identity, so one batched Cholesky solve gives every row's direction.
-
-    Parameters
-    ----------
-    corr : (R, W) float64 correlations ``b`` at ``u = 0``.
-    gram : (R, W, W) float64 Gram matrices of each row's atoms.
-
-    Returns
-    -------
-    (R, W) coefficients and (R,) bool mask of rows whose path did not reach ``λ``
-    (singular ``G_AA`` or ``max_steps`` events).
-    """
-    r, w = corr.shape
-    eye = torch.eye(w, dtype=gram.dtype, device=gram.device)
-    out = torch.zeros_like(corr)
-    failed = torch.ones(r, dtype=torch.bool, device=corr.device)
-    level, first = (corr if positive else corr.abs()).max(1)
-    failed[level <= lam] = False                                      # u = 0 is optimal
-    rows = (level > lam).nonzero().squeeze(1)
-    c, g, level = corr[rows], gram[rows], level[rows]
-    active = F.one_hot(first[rows], w).bool()
-    sign = torch.sign(c) * active
-    u = torch.zeros_like(c)
-    for _ in range(max_steps):
-        if not len(rows):
-            break
-        p = int(active.sum(1).max())                                  # active atoms first
-        order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :p]
-        on = active.gather(1, order)
-        g_aa = g.gather(1, order[:, :, None].expand(-1, -1, w)).gather(2, order[:, None].expand(
-            -1, p, -1))
-        chol, info = torch.linalg.cholesky_ex(torch.where(on[:, :, None] & on[:, None], g_aa,
-                                                          eye[:p, :p]))
-        d = torch.zeros_like(c).scatter_(1, order, torch.cholesky_solve(    # G_AA d_A = s_A
-            sign.gather(1, order)[:, :, None], chol).squeeze(2))
-        a = (g @ d[:, :, None]).squeeze(2)                            # −dc/dλ
-        floor = 1e-12 * level[:, None]
-        join = (level[:, None] - c) / (1 - a)                         # c_j − γ a_j = +(λ − γ)
-        join = torch.where(~active & (1 - a > 1e-12) & (join > floor), join, math.inf)
-        if not positive:                                              # c_j − γ a_j = −(λ − γ)
-            other = (level[:, None] + c) / (1 + a)
-            join = torch.minimum(join, torch.where(~active & (1 + a > 1e-12) & (other > floor),
-                                                   other, math.inf))
-        drop = torch.where(active & (u * d < 0), -u / d, math.inf)
-        g_join, j_join = join.min(1)
-        g_drop, j_drop = drop.min(1)
-        g_end = level - lam
-        gamma = torch.minimum(torch.minimum(g_join, g_drop), g_end)
-        u += gamma[:, None] * d
-        c -= gamma[:, None] * a
-        level -= gamma
-        end = (gamma >= g_end) | (info != 0)
-        joins = ~end & (g_drop > gamma)
-        drops = ~end & ~joins
-        at = torch.where(joins, j_join, j_drop)[:, None]
-        active.scatter_(1, at, joins[:, None] | active.gather(1, at) & ~drops[:, None])
-        sign.scatter_(1, at, torch.where(joins, torch.sign(c.gather(1, at).squeeze(1)),
-                                         sign.gather(1, at).squeeze(1) * ~drops)[:, None])
-        u.scatter_(1, at, u.gather(1, at) * ~drops[:, None])
-        if end.any():
-            out[rows[end]] = u[end] * active[end]
-            failed[rows[end]] = info[end] != 0
-            keep = ~end
-            rows, c, g, level, active, sign, u = (t[keep] for t in (rows, c, g, level, active,
-                                                                    sign, u))
-    return out, failed
-
-
-@torch.no_grad()
-def _working_set(X: torch.Tensor, V: torch.Tensor, alpha: float, max_iter: int, tol: float,
-                 positive: bool, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Working-set Lasso (celer / skglm's idea) with an exact homotopy inner solver.
-
-    Every row keeps the ``W`` atoms most correlated with its residual (its current support
-    first), solves the Lasso restricted to them exactly (:func:`_homotopy_path`), and checks
-    the duality gap of the full problem; rows above the tolerance double ``W`` and repeat.
-
-    Returns ``U`` and the (N,) bool mask of rows left unsolved.
-    """
-    n, c = X.shape
-    k = V.shape[1]
-    lam = alpha * c
-    VT = V.T.contiguous()
-    U = X.new_zeros(n, k)
-    gap_tol = tol * X.square().sum(1)
-    rows = torch.arange(n, device=X.device)
-    score = X @ V
-    left = torch.zeros(n, dtype=torch.bool, device=X.device)
-    while len(rows):
-        size = min(size, k)
-        if not positive:
-            score = score.abs()
-        atoms = score.topk(size, dim=1).indices                              # (R, W)
-        Vw = VT[atoms]                                                        # (R, W, C)
-        gram = (Vw @ Vw.transpose(1, 2)).double()
-        corr = (Vw @ X[rows, :, None]).squeeze(2).double()
-        u, failed = _homotopy_path(corr, gram, lam, positive, max_iter)
-        Ur = X.new_zeros(len(rows), k).scatter_(1, atoms, u.to(X.dtype))
-        U[rows] = Ur
-        residual = X[rows] - (u.to(X.dtype)[:, None, :] @ Vw).squeeze(1)
-        dual = residual @ V
-        done = _gap(X[rows], residual, dual, Ur, lam, positive) <= gap_tol[rows]
-        stuck = ~done & (failed | (size == k))
-        left[rows[stuck]] = True
-        keep = ~done & ~stuck
-        rows, size = rows[keep], 2 * size
-        score = dual[keep] + torch.where(Ur[keep] != 0, math.inf, 0.0)
-    return U, left
-
-
 def decompose(X: torch.Tensor, V: torch.Tensor, alpha: float, *, max_iter: int = 1000,
               tol: float = 1e-4, positive: bool = False, check_every: int = 10,
               solver: Literal["auto", "homotopy", "fista"] = "auto",
-              working_set: int = 16) -> torch.Tensor:
+              working_set: int | None = None) -> torch.Tensor:
     """Lasso coefficients of every row of ``X`` over the dictionary ``V`` (Eq. 12), batched.
 
     Solves ``min_u (1/(2C))‖x − V u‖² + α‖u‖₁`` for all ``N`` rows at once, on the device of
     ``X``, without autograd, with one of two solvers:
 
-    - ``"homotopy"``: a working-set method (celer / skglm's idea) whose inner solver is the
-      exact Lasso homotopy (LARS-Lasso) on each row's ``working_set`` most correlated atoms,
-      all rows stepping together; its cost grows with the number of non-zeros, not with the
-      coherence of ``V``. Rows it cannot finish (singular active Gram) continue with FISTA.
+    - ``"homotopy"``: the exact Lasso homotopy (LARS-Lasso), all rows stepping together
+      (:func:`ierf.concepts.working_set.lasso_working_set`), over all atoms for small
+      dictionaries (``K·C ≤ 10⁵``) or inside per-row working sets (celer / skglm's idea:
+      ``working_set`` atoms by celer's priority, doubled until the duality gap is met) for
+      larger ones; its cost grows with the number of non-zeros, not with the coherence of
+      ``V``. Rows it cannot finish (singular active Gram) continue with FISTA.
     - ``"fista"``: FISTA (Beck & Teboulle 2009; step ``1/L``, ``L = σ_max(V)²/C``) with
       gradient-based adaptive restart (O'Donoghue & Candès 2015); its step collapses on
       coherent dictionaries such as k-means centroids.
@@ -266,7 +134,8 @@ def decompose(X: torch.Tensor, V: torch.Tensor, alpha: float, *, max_iter: int =
     positive : constrain ``u ≥ 0``.
     check_every : FISTA iterations between two duality-gap checks.
     solver : ``"auto"``, ``"homotopy"`` or ``"fista"``.
-    working_set : initial working-set size of the homotopy solver (doubled where needed).
+    working_set : initial working-set size of the homotopy solver (doubled where needed);
+        ``None``: all atoms when ``K·C ≤ 10⁵`` (measured 1.3× faster there), else 16.
 
     Returns
     -------
@@ -285,7 +154,11 @@ def decompose(X: torch.Tensor, V: torch.Tensor, alpha: float, *, max_iter: int =
     if solver == "fista":
         U, left = _fista(X, V, alpha, max_iter, tol, positive, check_every)
     else:
-        U, left = _working_set(X, V, alpha, max_iter, tol, positive, working_set)
+        if working_set is None:
+            working_set = None if V.shape[0] * V.shape[1] <= 1e5 else 16
+        U, gap = lasso_working_set(X, V, alpha, positive=positive, tol=tol, max_iter=max_iter,
+                                   working_set=working_set)
+        left = gap * X.shape[1] > tol * X.square().sum(1)
         if left.any():
             U[left], left[left.clone()] = _fista(X[left], V, alpha, max_iter, tol, positive,
                                                  check_every, U[left])
