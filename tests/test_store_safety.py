@@ -364,3 +364,19 @@ def test_nan_weights_and_nan_samples_never_reach_an_atlas(toy, tmp_path):
                                                "\\[0, 1\\] holds 1 NaN/Inf"):
         w.write([0, 1], bad)
     assert not list(path.glob("*shard-*")) and open_atlas(path, partial=True).done == 0
+
+
+def test_a_second_sae_trainer_on_one_folder_is_refused(tmp_path, holder, toy_vit):
+    """CAFE's streaming SAE training holds the lock of its checkpoint folder too."""
+    from ierf.cafe.streaming import TensorImages
+    from ierf.cafe.training import CHECKPOINT, SAETrainer, SAETraining
+    from ierf.data.synthetic import generate
+    from ierf.lock import StoreBusyError
+
+    proc = holder(tmp_path / "sae")
+    images = TensorImages(toy_vit.normalize(generate(4, seed=1, split="train").images), "t4")
+    config = SAETraining(n_concepts=8, k=2, batch_size=8, buffer_tokens=32, image_batch=4)
+    trainer = SAETrainer(toy_vit, images, ["blocks.0"], tmp_path / "sae", ["cls"], config)
+    with pytest.raises(StoreBusyError, match=f"PID {proc.pid}"):
+        trainer.run(progress=False)
+    assert not (tmp_path / "sae" / CHECKPOINT).exists()

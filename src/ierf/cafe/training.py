@@ -34,6 +34,7 @@ from ierf.concepts.extractors import SAEBase, SparseAutoencoder, TopKSAE
 from ierf.concepts.fitting import METHODS
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
+from ierf.lock import WriterLock
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 from ierf.models.pfv import PFVs
@@ -146,6 +147,10 @@ class SAETrainer:
         ``stop_after``: process at most this many image batches in this call, checkpoint and
         return ``None`` (call again to go on). Returns ``{"<layer>-<kind>": basis}`` when done.
         """
+        with WriterLock(self.out):    # one trainer per output folder (lock file beside it)
+            return self._run(progress, stop_after)
+
+    def _run(self, progress: bool, stop_after: int | None) -> dict[str, ConceptBasis] | None:
         finished = self._finished()
         if finished is not None:
             return finished
