@@ -3,6 +3,7 @@ baseline) and any of Zennit's composites (``lrp``), with LRP's sum rule at every
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -25,8 +26,9 @@ class _ZennitLRP(Attributor):
     """LRP through ``zennit.attribution.Gradient`` with the composite of :meth:`_composite`;
     the output relevance is the target logit itself (one-hot × logits)."""
 
+    @abstractmethod
     def _composite(self, x: torch.Tensor) -> Composite:
-        raise NotImplementedError
+        """The Zennit composite for the batch ``x``."""
 
     def _sums(self) -> AbstractContextManager:
         """How residual sums share relevance beyond the canonizers (nothing by default)."""
