@@ -166,9 +166,10 @@ def save_panel(image: torch.Tensor, saliency: torch.Tensor, path: str | Path,
     axes[0].axis("off")
     axes[0].set_title("input")
     show(saliency, ax=axes[1], sign=sign, percentile=percentile, colorbar=True)
-    m = torch.as_tensor(saliency)
-    axes[1].set_title("attribution (red: for the class, blue: against)" if sign == "all" or (
-        sign == "auto" and bool((m < 0).any())) else f"attribution ({sign})", fontsize=9)
+    shown = sign if sign != "auto" else "all" if bool((torch.as_tensor(saliency) < 0).any()) \
+        else "positive"
+    axes[1].set_title("attribution (red: for the class, blue: against)" if shown == "all"
+                      else f"attribution ({shown} values)", fontsize=9)
     show(saliency, image, axes[2], mode="overlay", sign=sign, percentile=percentile)
     axes[2].set_title("over the input (in grey)")
     if title:
