@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ierf`` console script."""
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-    warnings.formatwarning = _one_line
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line
     try:
         return args.run(args)
     except IerfError as e:
@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ierf: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning      # callers in-process keep their format
 
 
 def _one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
