@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import ClassVar, Self
 
@@ -23,11 +24,15 @@ class Attributor(ABC):
     name: ClassVar[str] = ""
     #: model kinds the method is made for (``"cnn"``, ``"vit"``)
     kinds: ClassVar[tuple[str, ...]] = ("cnn", "vit")
+    #: constructor options that may also be given to :meth:`attribute` for one call
+    #: (Captum's habit: ``ig.attribute(x, target, n_steps=64)``)
+    call_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: Model | nn.Module) -> None:
         self.model = as_model(model)
 
-    def attribute(self, x: torch.Tensor, target: object = None) -> torch.Tensor:
+    def attribute(self, x: torch.Tensor, target: object = None, **options: object
+                  ) -> torch.Tensor:
         """Explain ``target`` for each image of ``x``.
 
         Parameters
@@ -35,14 +40,32 @@ class Attributor(ABC):
         x : (B, 3, H, W) preprocessed images.
         target : ``None``/``"auto"`` (top class), class index or name, indices per image,
             or a target object (anything with ``scalar``, see :mod:`ierf.targets`).
+        **options : this call's values of the method's :attr:`call_options` (the attributor
+            itself keeps its own).
 
         Returns
         -------
-        (B, H, W) attribution maps, larger = more evidence for the target.
+        (B, H, W) attribution maps, larger = more evidence for the target; (B, 3, H, W) per
+        colour channel for the methods that take ``per_channel=True``.
         """
-        x = self.model.check(x)
-        out = self._attribute(x, target)
-        return out.to(x.device)
+        method = self.with_options(**options)
+        x = method.model.check(x)
+        return method._attribute(x, target).to(x.device)
+
+    def with_options(self, **options: object) -> Self:
+        """A copy of this attributor with some :attr:`call_options` changed."""
+        if not options:
+            return self
+        unknown = sorted(set(options) - set(self.call_options))
+        if unknown:
+            allowed = ", ".join(self.call_options) or "none"
+            raise IerfError(f"method {self.name!r} takes no option {', '.join(map(repr, unknown))} "
+                            f"at attribute() time (there: {allowed}); give the others when "
+                            f"creating it: ierf.attributor({self.name!r}, model, ...)")
+        method = copy.copy(self)
+        for key, value in options.items():
+            setattr(method, key, value)
+        return method
 
     @abstractmethod
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from ierf.errors import IerfError
 from ierf.local.base import Attributor
 from ierf.local.patches import frozen_params, no_inplace
 from ierf.models.model import Model
@@ -72,8 +73,9 @@ class _LayerCam(_PytorchGradCam):
     Parameters
     ----------
     model : the model to explain.
-    layer : module name of the target layer (see ``model.layer_names()``); by default the
-        encoder output, or the stride-8 layer for the ``-high`` variants.
+    layer : module name or module object of the target layer (see ``model.layer_names()``);
+        by default the encoder output, or the stride-8 layer for the ``-high`` variants —
+        found on the first input for a plain ``nn.Module`` of unknown input size.
     """
 
     cam_class: ClassVar[str]  # class name in pytorch_grad_cam
@@ -81,11 +83,25 @@ class _LayerCam(_PytorchGradCam):
 
     def __init__(self, model: Model | nn.Module, layer: str | nn.Module | None = None) -> None:
         super().__init__(model)
-        if layer is None:
-            layer = (self.model.encoder_layer() if self.stride is None
-                     else self.model.layer_at_stride(self.stride))
-        self.layer = layer = self.model.layer_name(layer)
-        self.target_layer = self.model.module(layer)
+        self.layer = None if layer is None else self.model.layer_name(layer)
+        if layer is None and self.model.input_size is not None:
+            self.layer = self._default_layer(None)
+
+    def _default_layer(self, x: torch.Tensor | None) -> str:
+        return (self.model.encoder_layer(x) if self.stride is None
+                else self.model.layer_at_stride(self.stride, x))
+
+    @property
+    def target_layer(self) -> nn.Module:
+        if self.layer is None:
+            raise IerfError(f"{self.name}'s layer is found on the first input of a plain "
+                            "nn.Module: call attribute(x) first, or pass layer=")
+        return self.model.module(self.layer)
+
+    def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
+        if self.layer is None:
+            self.layer = self._default_layer(x)
+        return super()._attribute(x, target)
 
     def _make_cam(self) -> BaseCAM:
         import pytorch_grad_cam
@@ -202,14 +218,15 @@ class AblationCAM(_LayerCam):
 
         # a fresh instance: the library's default one is shared by all
         ablation_layer = AblationLayerVit() if self.model.is_vit else AblationLayer()
-        cam = AblationCAM(model=self.model.net, target_layers=[self.target_layer],
+        layer = self.target_layer  # the library swaps it out of the net during the call
+        cam = AblationCAM(model=self.model.net, target_layers=[layer],
                           ablation_layer=ablation_layer, batch_size=self.batch_size,
                           reshape_transform=self._reshape_transform())
         try:
             return torch.from_numpy(cam(input_tensor=x, targets=targets))
         finally:
             cam.activations_and_grads.release()
-            replace_layer_recursive(self.model.net, ablation_layer, self.target_layer)
+            replace_layer_recursive(self.model.net, ablation_layer, layer)
 
 
 class FullGrad(_PytorchGradCam):

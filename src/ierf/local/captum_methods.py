@@ -1,7 +1,9 @@
 """The gradient family, wrapped from Captum: saliency, guided backprop, gradient × input,
 Integrated Gradients and SmoothGrad.
 
-Each method reduces Captum's (B, 3, H, W) attribution to one (B, H, W) map:
+Each method reduces Captum's (B, 3, H, W) attribution to one (B, H, W) map (``per_channel=True``
+keeps Captum's (B, 3, H, W) attribution as it is; ``ierf.viz`` sums such maps over channels
+for display, as Captum's ``visualize_image_attr`` does):
 
 ============================  ===================================================
 ``saliency``                  max over channels of |∂y/∂x| (same as ``gradient``)
@@ -19,12 +21,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ierf.local.base import Attributor
-from ierf.local.gradients import Gradient
+from ierf.local.gradients import ChannelMaps, Gradient
 from ierf.local.patches import no_inplace
 from ierf.models.model import Model
 
@@ -39,7 +42,7 @@ class Saliency(Gradient):
     name = "saliency"
 
 
-class GuidedBackprop(Attributor):
+class GuidedBackprop(ChannelMaps, Attributor):
     """Guided backpropagation (Springenberg et al., "Striving for Simplicity: The All
     Convolutional Net", ICLR-W 2015), via ``captum.attr.GuidedBackprop``.
 
@@ -59,10 +62,10 @@ class GuidedBackprop(Attributor):
             warnings.filterwarnings("ignore", "Setting backward hooks on ReLU")  # documented
             gbp = _captum_attr().GuidedBackprop(net)
             attr = gbp.attribute(x.detach().requires_grad_(), target=index)
-        return attr.abs().amax(1)
+        return self.channels(attr.abs(), "max")
 
 
-class GradientXInput(Attributor):
+class GradientXInput(ChannelMaps, Attributor):
     """Gradient × input (Shrikumar et al., "Not Just a Black Box: Learning Important Features
     Through Propagating Activation Differences", arXiv:1605.01713, 2016), via
     ``captum.attr.InputXGradient``.
@@ -76,10 +79,10 @@ class GradientXInput(Attributor):
         index = self.class_indices(x, target)
         gxi = _captum_attr().InputXGradient(self.model.net)
         attr = gxi.attribute(x.detach().requires_grad_(), target=index)
-        return attr.sum(1)
+        return self.channels(attr, "sum")
 
 
-class IntegratedGradients(Attributor):
+class IntegratedGradients(ChannelMaps, Attributor):
     """Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep
     Networks", ICML 2017), via ``captum.attr.IntegratedGradients``.
 
@@ -97,29 +100,53 @@ class IntegratedGradients(Attributor):
     internal_batch_size : at most this many images per forward/backward pass (the path
         expands the batch to B × n_steps images); 16 was fastest per image on a 2-core CPU
         for ResNet50 and EfficientNet-Lite0; raise it on a GPU.
+    per_channel : keep the colour channels, (B, 3, H, W).
+
+    Every option can also be given to :meth:`attribute` for one call, and
+    ``attribute(x, target, return_convergence_delta=True)`` returns ``(maps, delta)`` with
+    Captum's per-image completeness error δ = Σ attribution − (f(x) − f(x̄)).
     """
 
     name = "integrated-gradients"
+    call_options: ClassVar[tuple[str, ...]] = ("n_steps", "baselines", "method",
+                                               "internal_batch_size", "per_channel")
 
     def __init__(self, model: Model | nn.Module, n_steps: int = 32,
                  baselines: float | torch.Tensor | None = None, method: str = "gausslegendre",
-                 internal_batch_size: int = 16) -> None:
-        super().__init__(model)
+                 internal_batch_size: int = 16, per_channel: bool = False) -> None:
+        super().__init__(model, per_channel)
         self.n_steps = n_steps
         self.baselines = baselines
         self.method = method
         self.internal_batch_size = internal_batch_size
 
+    def attribute(self, x: torch.Tensor, target: object = None, *,
+                  return_convergence_delta: bool = False, **options: object
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Maps as :meth:`Attributor.attribute`; with ``return_convergence_delta`` also the
+        (B,) completeness error δ of each image (Captum's ``compute_convergence_delta``)."""
+        if not return_convergence_delta:
+            return super().attribute(x, target, **options)
+        method = self.with_options(**options)
+        x = method.model.check(x)
+        attr, delta = method._integrate(x, target, delta=True)
+        return method.channels(attr, "sum").to(x.device), delta.to(x.device)
+
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
+        return self.channels(self._integrate(x, target, delta=False), "sum")
+
+    def _integrate(self, x: torch.Tensor, target: object, delta: bool
+                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Captum's (B, 3, H, W) attribution (and δ when ``delta``)."""
         index = self.class_indices(x, target)
         ig = _captum_attr().IntegratedGradients(self.model.net)
-        attr = ig.attribute(x.detach(), baselines=self.baselines, target=index,
+        return ig.attribute(x.detach(), baselines=self.baselines, target=index,
                             n_steps=self.n_steps, method=self.method,
-                            internal_batch_size=self.internal_batch_size)
-        return attr.sum(1)
+                            internal_batch_size=self.internal_batch_size,
+                            return_convergence_delta=delta)
 
 
-class SmoothGrad(Attributor):
+class SmoothGrad(ChannelMaps, Attributor):
     """SmoothGrad (Smilkov et al., "SmoothGrad: Removing Noise by Adding Noise",
     arXiv:1706.03825, 2017), via ``captum.attr.NoiseTunnel(Saliency)``.
 
@@ -136,13 +163,17 @@ class SmoothGrad(Attributor):
         recommended noise level.
     internal_batch_size : at most this many images per forward/backward pass (the noise
         expands the batch to B × nt_samples images); as for Integrated Gradients.
+    per_channel : keep the colour channels, (B, 3, H, W).
     """
 
     name = "smoothgrad"
+    call_options: ClassVar[tuple[str, ...]] = ("nt_samples", "stdevs", "internal_batch_size",
+                                               "per_channel")
 
     def __init__(self, model: Model | nn.Module, nt_samples: int = 25,
-                 stdevs: float | None = None, internal_batch_size: int = 16) -> None:
-        super().__init__(model)
+                 stdevs: float | None = None, internal_batch_size: int = 16,
+                 per_channel: bool = False) -> None:
+        super().__init__(model, per_channel)
         self.nt_samples = nt_samples
         self.stdevs = stdevs
         self.internal_batch_size = internal_batch_size
@@ -155,7 +186,7 @@ class SmoothGrad(Attributor):
         attr = tunnel.attribute(x.detach(), nt_type="smoothgrad", nt_samples=self.nt_samples,
                                 nt_samples_batch_size=max(1, self.internal_batch_size // len(x)),
                                 stdevs=stdevs, target=index, abs=True)
-        return attr.amax(1)
+        return self.channels(attr, "max")
 
 
 def _captum_attr() -> ModuleType:

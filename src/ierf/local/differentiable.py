@@ -72,6 +72,9 @@ def differentiable(method: Attributor) -> DifferentiableMap:
     ``srd-high``) share their parent's form. Raises :class:`~ierf.errors.IerfError` for a
     method without one (see :func:`differentiable_methods`).
     """
+    if getattr(method, "per_channel", False):
+        raise IerfError(f"method {method.name!r} was made with per_channel=True; the "
+                        "differentiable forms give (B, H, W) maps: make it without per_channel")
     for cls in type(method).__mro__:
         if cls in _FORMS:
             return _FORMS[cls](method)

@@ -36,7 +36,7 @@ from ierf.errors import IerfError
 from ierf.local.base import Attributor
 from ierf.local.frozen import FrozenMode
 from ierf.local.nonlinearity import ACTIVATION_MODULES, AFFINE_MODULES, NonlinearityMode
-from ierf.models.hooks import forward_until
+from ierf.models.hooks import forward_until, record_outputs
 from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 from ierf.targets import LayerTarget, one_layer, start_gradient, target_layer
@@ -165,15 +165,16 @@ class SRD(Attributor):
             check_supported(self.model.net, self._layer, self.model.is_vit)
         return self._layer
 
-    @property
-    def high_layer(self) -> str:
+    def _high_layer(self, x: torch.Tensor) -> str:
+        """The stride-8 layer of ``srd-high`` (found on ``x`` when the input size is unknown)."""
         if self._high is None:
-            self._high = self.model.layer_at_stride(8)
+            self._high = self.model.layer_at_stride(
+                8, None if self.model.input_size is not None else x)
         return self._high
 
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
         key = ("input" if self.resolution == "input" else
-               self.high_layer if self.resolution == "high" else self._encoder_layer(x))
+               self._high_layer(x) if self.resolution == "high" else self._encoder_layer(x))
         native = self.relevance(x, target, layers=[] if key == "input" else [key])[key]
         if native.shape[-2:] == x.shape[-2:]:
             return native
@@ -208,6 +209,29 @@ class SRD(Attributor):
         return self._propagate(x, one_layer(targets), [], list(targets), need_logits=False,
                                chunk=internal_batch_size)["input"]
 
+    def forward_pass(self, x: torch.Tensor, layers: Sequence[str]) -> SRDPass:
+        """One SRD forward pass of ``x`` through the whole network, kept for many backward
+        passes: the class relevance at ``layers`` and the iERFs of targets at any of them.
+
+        The pass to L is the one :meth:`relevance` runs, and up to each layer it is the one
+        :meth:`ierfs` runs for that layer's targets (the same ops, the same sharing
+        denominators), so the maps are those of the separate calls; the forward is paid once
+        (the PFV–iERF atlas builds on it). The autograd graph lives as long as the pass.
+        """
+        x = self.model.check(x)
+        start = self._encoder_layer(x)
+        for name in layers:
+            self.model.module(name)
+        constants = self._frozen_constants(x, start) if self.model.is_vit else None
+        biases, layer_biases = (self._biases(x, start, constants, layers)
+                                if self.bias == "proportional" else (None, {}))
+        if not (self.create_graph and x.requires_grad):
+            x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits, outs = self._forward(x, start, layers, biases, True, constants)
+        layer_biases = {**layer_biases, start: None if biases is None else biases[-1]}
+        return SRDPass(self, x, logits, outs, start, list(layers), layer_biases)
+
     def _propagate(self, x: torch.Tensor, start: str, layers: Sequence[str],
                    targets: Sequence[object], need_logits: bool, chunk: int = 1
                    ) -> dict[str, torch.Tensor]:
@@ -216,17 +240,30 @@ class SRD(Attributor):
         for name in (start, *layers):
             self.model.module(name)
         constants = self._frozen_constants(x, start) if self.model.is_vit else None
-        biases = self._biases(x, start, constants) if self.bias == "proportional" else None
+        biases = self._biases(x, start, constants)[0] if self.bias == "proportional" else None
         if not (self.create_graph and x.requires_grad):
             x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits, outs = self._forward(x, start, layers, biases, need_logits, constants)
+        return self._from_pass(x, logits, outs, start, layers, targets,
+                               None if biases is None else biases[-1], chunk, retain=False)
+
+    def _from_pass(self, x: torch.Tensor, logits: torch.Tensor | None,
+                   outs: dict[str, torch.Tensor], start: str, layers: Sequence[str],
+                   targets: Sequence[object], start_bias: torch.Tensor | None, chunk: int,
+                   retain: bool) -> dict[str, torch.Tensor]:
+        """The backward half of :meth:`_propagate` on a forward pass's outputs ``outs``:
+        R^start of each target (Eqs. 2, 5), seeded with the sharing denominator of
+        ``start_bias`` (Eq. 18), carried to the input and ``layers`` (Eqs. 20–21);
+        ``retain`` keeps the graph for later passes."""
+        with torch.enable_grad():
             t = outs[start]
             r_start = torch.stack([self._start_relevance(t, logits, tg) for tg in targets])
-            denom = sharing_denominator(t, None if biases is None else biases[-1], self.eps)
+            denom = sharing_denominator(t, start_bias, self.eps)
             inputs = [x, *(outs[n] for n in layers)]
             seeds = seed(t, r_start, denom)  # (K, *t.shape)
-            parts = [self._backward(t, inputs, seeds[i:i + chunk], i + chunk < len(seeds))
+            parts = [self._backward(t, inputs, seeds[i:i + chunk],
+                                    retain or i + chunk < len(seeds))
                      for i in range(0, len(seeds), chunk)]
         result = {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(("input", *layers))}
         result[start] = self._grid_map(r_start, t)
@@ -332,31 +369,37 @@ class SRD(Attributor):
             for h in handles:
                 h.remove()
 
-    def _biases(self, x: torch.Tensor, start: str,
-                constants: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """The bias part b of every pre-activation (in call order), then of ``start``'s output.
+    def _biases(self, x: torch.Tensor, start: str, constants: list[torch.Tensor] | None = None,
+                layers: Sequence[str] = ()
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The bias part b of every pre-activation (in call order), then of ``start``'s output;
+        and of the output of each of ``layers`` (the start denominators of their targets).
 
         These are the b_j of Eq. 17 (not ``v − b``): :func:`sharing_denominator` forms
         ``⟨v − b, v⟩`` from them. The bias part of an affine segment is its value when all its
         sources are zero, so one forward pass with a zero input and every nonlinearity output
         set to zero gives all of them at once (Eq. 17 with v_i = 0). It does not depend on the
-        image, so it is cached per start layer and input size. (Exact for max pooling fed by nonlinearity
-        outputs or by per-channel constants, the layouts of common CNNs.) For a ViT the frozen
-        attention and σ make the biases image-specific: they are replayed and nothing is cached.
+        image, so it is cached per start layer, layers and input size. (Exact for max pooling
+        fed by nonlinearity outputs or by per-channel constants, the layouts of common CNNs.)
+        For a ViT the frozen attention and σ make the biases image-specific: they are replayed
+        and nothing is cached.
         """
         if constants is not None:
-            return self._zero_source_pass(torch.zeros_like(x), start, constants)
-        key = (start, tuple(x.shape[1:]), x.device, x.dtype,
+            return self._zero_source_pass(torch.zeros_like(x), start, constants, layers)
+        key = (start, tuple(layers), tuple(x.shape[1:]), x.device, x.dtype,
                sum(p._version for p in self.model.net.parameters()))
         if key not in self._bias_cache:
             if len(self._bias_cache) >= BIAS_CACHE_SIZE:   # e.g. weights changed: start anew
                 self._bias_cache.clear()
-            self._bias_cache[key] = self._zero_source_pass(torch.zeros_like(x[:1]), start)
+            self._bias_cache[key] = self._zero_source_pass(torch.zeros_like(x[:1]), start,
+                                                           layers=layers)
         return self._bias_cache[key]
 
     def _zero_source_pass(self, zeros: torch.Tensor, start: str,
-                          constants: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Pre-activations (then ``start``'s output) with every source PFV set to zero."""
+                          constants: list[torch.Tensor] | None = None, layers: Sequence[str] = ()
+                          ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Pre-activations (then ``start``'s output), and the outputs of ``layers``, with every
+        source PFV set to zero."""
         biases: list[torch.Tensor] = []
 
         def zero_out(v: torch.Tensor, act: Callable) -> torch.Tensor:
@@ -364,9 +407,53 @@ class SRD(Attributor):
             return torch.zeros_like(act(v))
 
         frozen = FrozenMode(constants) if constants is not None else nullcontext()
-        with torch.no_grad(), NonlinearityMode(zero_out), frozen:
+        modules = {n: self.model.module(n) for n in layers}
+        with torch.no_grad(), NonlinearityMode(zero_out), frozen, \
+                record_outputs(modules, copy=True) as outs:
             forward_until(self.model.net, zeros, self.model.module(start), biases.append)
-        return biases
+        return biases, outs
+
+
+class SRDPass:
+    """One SRD forward pass of a batch, kept (its autograd graph retained) for many backward
+    passes: see :meth:`SRD.forward_pass`.
+
+    Attributes
+    ----------
+    logits : (B, classes) output of the pass (the head runs untouched).
+    outputs : the outputs of the pass's layers and of its start layer L.
+    """
+
+    def __init__(self, srd: SRD, x: torch.Tensor, logits: torch.Tensor,
+                 outputs: dict[str, torch.Tensor], start: str, layers: list[str],
+                 biases: dict[str, torch.Tensor]) -> None:
+        self._srd, self._x, self._start, self._layers = srd, x, start, layers
+        self.logits, self.outputs, self._biases = logits, outputs, biases
+
+    def relevance(self, target: object = None) -> dict[str, torch.Tensor]:
+        """As :meth:`SRD.relevance` of a class ``target`` (``None``: the top class) with the
+        pass's layers: ``"input"`` (B, H, W), L and each layer (B, h, w)."""
+        if target_layer(target) is not None:
+            raise IerfError("SRDPass.relevance explains a class; give PFV-level targets to "
+                            "ierfs()")
+        maps = self._srd._from_pass(self._x, self.logits, self.outputs, self._start,
+                                    self._layers, [target], self._biases.get(self._start),
+                                    chunk=1, retain=True)
+        return {k: v[0] for k, v in maps.items()}
+
+    def ierfs(self, targets: Sequence[LayerTarget], internal_batch_size: int = 16
+              ) -> torch.Tensor:
+        """As :meth:`SRD.ierfs`: (K, B, H, W) iERFs of PFV-level targets of one of the pass's
+        layers (Eq. 2), by batched backward passes from that layer."""
+        if internal_batch_size < 1:
+            raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
+        layer = one_layer(targets)
+        if layer not in self.outputs:
+            raise IerfError(f"this pass recorded layers {self._layers}, not {layer!r}; pass "
+                            "it to forward_pass()")
+        return self._srd._from_pass(self._x, None, self.outputs, layer, [], list(targets),
+                                    self._biases.get(layer), internal_batch_size,
+                                    retain=True)["input"]
 
 
 class SRDHigh(SRD):

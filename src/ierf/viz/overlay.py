@@ -40,6 +40,18 @@ MODES = ("heat", "overlay", "contour")
 DIVERGING, SEQUENTIAL = "RdBu_r", "inferno"
 
 
+def as_map(saliency: torch.Tensor) -> torch.Tensor:
+    """A (H, W) map as a float CPU tensor; a per-channel (C, H, W) map (``per_channel=True``)
+    summed over its channels, as Captum's ``visualize_image_attr`` does."""
+    m = torch.as_tensor(saliency).detach().float().cpu()
+    if m.dim() == 3:
+        m = m.sum(0)
+    if m.dim() != 2:
+        raise IerfError(f"expected a (H, W) or (C, H, W) map, got shape {tuple(m.shape)}; "
+                        "for a batch of maps draw one at a time")
+    return m
+
+
 def normalize_map(saliency: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
     """Scale a (H, W) map to [-1, 1] by a high percentile of |map|, clipping the few pixels
     above it (input-scale maps are spiky; the maximum alone would wash the rest out)."""
@@ -61,7 +73,7 @@ def signed_view(saliency: torch.Tensor, sign: str = "auto", percentile: float = 
     """
     if sign not in SIGNS:
         raise unknown_name("sign mode", sign, SIGNS)
-    m = torch.as_tensor(saliency).detach().float().cpu()
+    m = as_map(saliency)
     if sign == "auto":
         sign = "all" if bool((m < 0).any()) else "positive"
     m = {"all": m, "positive": m.clamp_min(0), "negative": (-m).clamp_min(0),
@@ -144,7 +156,7 @@ def save_panel(image: torch.Tensor, saliency: torch.Tensor, path: str | Path,
     Parameters
     ----------
     image : (3, H, W) in [0, 1].
-    saliency : (H, W) attribution map.
+    saliency : (H, W) attribution map ((C, H, W): summed over channels).
     pool : show the map averaged over ``pool × pool`` blocks; ``"auto"``: 2 when its 2 × 2
         pixel phases differ by more than :data:`PHASE_SPREAD` (a stride-2 stem's grid), else 1.
     """
@@ -153,6 +165,7 @@ def save_panel(image: torch.Tensor, saliency: torch.Tensor, path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    saliency = as_map(saliency)
     if pool == "auto":
         pool = 2 if phase_spread(saliency) > PHASE_SPREAD else 1
     if not isinstance(pool, int) or pool < 1:
