@@ -25,14 +25,19 @@ BENCH_COMMANDS: tuple[str, ...] = ("ierf.cli.bench_local", "ierf.cli.bench_conce
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ierf`` console script."""
-    args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line
     try:
+        args = _parser().parse_args(argv)
         return args.run(args)
     except IerfError as e:
         print(f"ierf: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nierf: interrupted; nothing half-written is left (files are written atomically), "
+              "and builds, benchmarks and SAE training resume when the same command runs again",
+              file=sys.stderr)
+        return 130
     except Exception as e:
         if (error := environment_error(e)) is None:
             raise
