@@ -375,3 +375,135 @@ def test_real_exporter_output_and_png_is_a_real_image(tmp_path: Path) -> None:
     done = export_html(graph, tmp_path / "p.html")
     first = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", done.path.read_text())
     assert base64.b64decode(first.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# -- supernodes: the split trees ----------------------------------------------------------
+
+
+def fitted_tree(K: int, seed: int = 0) -> Any:
+    """A real bisecting k-means extractor with ``K`` concepts (its split tree), on random
+    PFVs."""
+    from ierf.concepts.extractors.kmeans import BisectingSphericalKMeans
+
+    X = torch.randn(12 * K, 6, generator=torch.Generator().manual_seed(seed))
+    return BisectingSphericalKMeans(K).fit(X)
+
+
+def with_tree(graph: Path, layer: str, tree: Any) -> Path:
+    """``graph`` with ``tree`` (a ClusterTree) as ``metadata.ierf.hierarchy[layer]``."""
+    doc = json.loads(graph.read_text())
+    doc["metadata"]["ierf"].setdefault("hierarchy", {})[layer] = {
+        "parents": tree.parents.tolist(), "sizes": tree.sizes.tolist()}
+    graph.write_text(json.dumps(doc))
+    return graph
+
+
+def test_split_trees_come_from_the_bases_the_graph_records(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ierf.explorer.document import load_hierarchy
+
+    km = fitted_tree(10)
+    (tmp_path / "basis1").mkdir()
+    save_file(km.state_tensors(), tmp_path / "basis1" / "tensors.safetensors")
+    doc = json.loads(write_graph(tmp_path / "g", [10, 8]).read_text())
+    doc["metadata"]["ierf"]["metadata"]["basis_paths"] = {
+        "layer1": str(tmp_path / "basis1"), "layer2": str(tmp_path / "gone")}
+    trees, notes = load_hierarchy(doc)
+    assert trees == {"layer1": {"parents": km.tree.parents.tolist(),
+                                "sizes": km.tree.sizes.tolist()}}
+    assert len(notes) == 1 and "layer2" in notes[0] and "gone" in notes[0]
+    graph = tmp_path / "g" / "graph.json"
+    graph.write_text(json.dumps(doc))
+    done = export_html(graph, tmp_path / "p.html")
+    assert done.supernodes == ["layer1"] and any("layer2" in w for w in done.warnings)
+    assert json.loads(page_data(done.path.read_text()))["hierarchy"] == trees
+
+
+def test_a_malformed_split_tree_is_refused(tmp_path: Path) -> None:
+    from ierf.explorer.document import check_tree
+
+    good = fitted_tree(5).tree
+    assert check_tree({"parents": good.parents.tolist(), "sizes": good.sizes.tolist()}, "l")
+    for parents in ([-1, 0, 1], [5, 5, 6, 6, 7, 8, 7, -1, 8], [-1, -1, 2]):
+        with pytest.raises(IerfError, match="not a bisecting k-means tree"):
+            check_tree({"parents": parents, "sizes": [1] * len(parents)}, "l")
+    graph = with_tree(write_graph(tmp_path / "g"), "layer1", good)
+    doc = json.loads(graph.read_text())
+    doc["metadata"]["ierf"]["hierarchy"]["layer1"]["parents"] = [0, 0, 0]
+    graph.write_text(json.dumps(doc))
+    with pytest.raises(IerfError, match="layer1"):
+        export_html(graph, tmp_path / "p.html")
+
+
+# -- diff mode -----------------------------------------------------------------------------
+
+
+def test_diff_of_two_graphs_is_the_diagnose_diff_graph(tmp_path: Path) -> None:
+    """Over graphs with the same nodes, `diff_documents` gives what `ierf diagnose` writes:
+    to_dict(diff_graph(clean, attacked)), up to float32 rounding and our added fields."""
+    from ierf.diagnose.compare import diff_graph
+    from ierf.explorer.document import diff_documents
+
+    clean, attacked = concept_graph([7, 5], seed=3), concept_graph([7, 5], seed=4)
+    ours = diff_documents(to_dict(clean, "x"), to_dict(attacked, "x"), tmp_path, tmp_path,
+                          ("clean", "attacked"))
+    theirs = to_dict(diff_graph(clean, attacked), "x")
+    assert ours["metadata"]["ierf"]["metadata"]["diff"] == "attacked - clean" == \
+        theirs["metadata"]["ierf"]["metadata"]["diff"]
+    assert [n["node_id"] for n in ours["nodes"]] == [n["node_id"] for n in theirs["nodes"]]
+    for a, b in zip(ours["nodes"], theirs["nodes"]):
+        assert "diff_only" not in a and set(b) <= set(a)
+        for key in ("importance", "activation", "frequency", "influence", "error_share",
+                    "token_prob"):
+            if key in b:
+                assert torch.allclose(torch.tensor(a[key]), torch.tensor(b[key]), atol=1e-5)
+    w_ours = {(l["source"], l["target"]): l["weight"] for l in ours["links"]}
+    w_theirs = {(l["source"], l["target"]): l["weight"] for l in theirs["links"]}
+    assert w_ours.keys() == w_theirs.keys()
+    assert all(abs(w_ours[k] - w_theirs[k]) <= 1e-5 * (1 + abs(w_theirs[k])) for k in w_ours)
+    a_links = {(l["source"], l["target"]): l["weight"] for l in to_dict(clean, "x")["links"]}
+    assert all(l["weight_a"] == a_links.get((l["source"], l["target"])) for l in ours["links"])
+
+
+def test_diff_marks_nodes_and_edges_of_one_graph_only(tmp_path: Path) -> None:
+    from ierf.explorer.document import diff_documents
+
+    a = json.loads(write_graph(tmp_path / "a", [6, 5], seed=1).read_text())
+    b = json.loads(write_graph(tmp_path / "b", [6, 5], seed=2).read_text())
+    b["nodes"] = [n for n in b["nodes"] if n["node_id"] != "layer1:2"]
+    b["links"] = [l for l in b["links"] if "layer1:2" not in (l["source"], l["target"])]
+    a["nodes"] = [n for n in a["nodes"] if n["node_id"] != "layer2:4"]
+    a["links"] = [l for l in a["links"] if "layer2:4" not in (l["source"], l["target"])]
+    d = diff_documents(a, b, tmp_path / "a", tmp_path / "b")
+    only = {n["node_id"]: n.get("diff_only") for n in d["nodes"] if n.get("diff_only")}
+    assert only == {"layer1:2": "a", "layer2:4": "b"}
+    gone = next(n for n in d["nodes"] if n["node_id"] == "layer1:2")
+    before = next(n for n in a["nodes"] if n["node_id"] == "layer1:2")
+    assert gone["importance"] == [-v for v in before["importance"]]
+    assert gone["diff_sides"]["b"] is None
+    for l in d["links"]:
+        if l["source"] == "layer1:2":
+            assert l["weight_b"] is None and l["weight"] == -l["weight_a"]
+    assert all(Path(t).is_absolute() and Path(t).is_file()
+               for n in d["nodes"] for t in n.get("thumbnails", []))
+    b["metadata"]["ierf"]["layers"] = ["layer1", "output"]
+    with pytest.raises(IerfError, match="different layers"):
+        diff_documents(a, b, tmp_path, tmp_path)
+
+
+def test_cli_show_diff_writes_a_diff_page(tmp_path: Path, capsys: pytest.CaptureFixture
+                                          ) -> None:
+    write_graph(tmp_path / "clean", [6, 5], seed=1)
+    write_graph(tmp_path / "attacked", [6, 5], seed=2)
+    args = show_parser().parse_args(["show", str(tmp_path / "clean"), "--diff",
+                                     str(tmp_path / "attacked"), "--names", "clean,attacked"])
+    assert args.run(args) == 0
+    assert "difference attacked - clean" in capsys.readouterr().out
+    page = (tmp_path / "clean" / "diff.html").read_text()
+    data = json.loads(page_data(page))
+    assert data["graph"]["metadata"]["ierf"]["metadata"]["diff"] == "attacked - clean"
+    assert data["routes"] is None                            # no routes unless given
+    args = show_parser().parse_args(["show", str(tmp_path / "clean"), "--names", "a,b"])
+    with pytest.raises(IerfError, match="--diff"):
+        args.run(args)

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_explorer import XSS, reference_view, synthetic_doc, write_graph
+from test_explorer import (
+    XSS,
+    concept_graph,
+    fitted_tree,
+    reference_view,
+    synthetic_doc,
+    with_tree,
+    write_graph,
+)
 
 from ierf.explorer import export_html, render_page
 
@@ -89,11 +97,29 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["empty"] = export_html(_write(root / "empty.json", empty), root / "empty.html").path
     out["no-edges"] = export_html(_write(root / "no-edges.json", dict(doc, links=[])),
                                   root / "no-edges.html").path
+    markup = {f"layer1:{k}": f"{XSS} {k}" for k in range(TREE_SIZES[0])}   # members' labels
+    tree = with_tree(write_graph(root / "tree", TREE_SIZES, labels=markup, routes=False,
+                                 seed=TREE_SEED), "layer1", fitted_tree(TREE_SIZES[0]).tree)
+    out["tree"] = export_html(tree, root / "tree.html").path
+    out["diff"] = export_html(_one_sided(root / "a", "layer2:4", 1), root / "diff.html",
+                              diff=_one_sided(root / "b", "layer1:2", 2)).path
     out["broken"] = root / "broken.html"
     out["broken"].write_text(out["bare"].read_text().replace(
         '<script id="ierf-data" type="application/json">{', '<script id="ierf-data" '
         'type="application/json">{oops', 1))
     return out
+
+
+TREE_SIZES, TREE_SEED = [30, 26], 5
+
+
+def _one_sided(folder: Path, node: str, seed: int) -> Path:
+    """A graph without ``node`` (and its edges), for a diff where it is in one graph only."""
+    graph = write_graph(folder, [6, 5], routes=False, seed=seed)
+    doc = json.loads(graph.read_text())
+    doc["nodes"] = [n for n in doc["nodes"] if n["node_id"] != node]
+    doc["links"] = [l for l in doc["links"] if node not in (l["source"], l["target"])]
+    return _write(graph, doc)
 
 
 def _write(path: Path, doc: dict[str, Any]) -> Path:
@@ -312,12 +338,27 @@ def test_view_state_round_trips_through_the_url(open_page, pages) -> None:
     page.click('g.node[data-id="layer1:2"]', modifiers=["Control"])
     page.click('g.node[data-id="layer2:4"]', modifiers=["Control"])
     page.click('g.node[data-id="layer2:5"]')
+    box = page.locator("#stage").bounding_box()               # zoom in, then pan by a drag
+    page.mouse.move(box["x"] + 300, box["y"] + 200)
+    page.mouse.wheel(0, -400)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 380, box["y"] + 150, steps=4)
+    page.mouse.up()
+    page.wait_for_function("() => location.hash.includes('v=')")
     state = opened.state()
     assert state["pins"] == ["layer1:2", "layer2:4"] and state["selected"] == "layer2:5"
+    assert state["view"]["k"] > 1.2 * page.evaluate("(() => { const a = window.ierfExplorer; "
+                                                    "a.fit(); const k = a.t.k; a.showView("
+                                                    f"{json.dumps(state['view'])}); return k; }})()")
+    shown = page.evaluate("({...window.ierfExplorer.t})")
+    page.wait_for_function("() => location.hash.includes('v=')")
     url = page.url
     assert "#" in url and "pin=layer1%3A2" in url
     again = open_page(Path(url.split("#")[0].removeprefix("file://")), "#" + url.split("#")[1])
-    assert again.state() == state
+    view = again.state().pop("view")
+    assert again.state() | {"view": None} == state | {"view": None}
+    assert view == pytest.approx(state["view"], abs=0.06)          # x, y written to 0.1
+    assert again.page.evaluate("({...window.ierfExplorer.t})") == pytest.approx(shown, abs=0.2)
     assert drawn_ids(again, ".pinned") == {"layer1:2", "layer2:4"}
     assert drawn_ids(again, ".selected") == {"layer2:5"}
     assert again.page.input_value("#class-select") == "output:0"
@@ -418,6 +459,130 @@ def test_bad_input_shows_a_message_never_a_blank_page(open_page, pages, name, wo
         assert opened.page.eval_on_selector_all("g.node .placeholder", "e => e.length") == \
             opened.counts()[0]
     opened.shot(f"bad-input-{name}")
+    clean(opened)
+
+
+# -- supernodes ---------------------------------------------------------------------------
+
+
+def leaves_under(parents: list[int], node: int) -> list[int]:
+    """The leaves (concepts) of a split tree under tree node ``node``."""
+    K = (len(parents) + 1) // 2
+
+    def above(leaf: int) -> set[int]:
+        found = set()
+        while leaf >= 0:
+            found.add(leaf)
+            leaf = parents[leaf]
+        return found
+    return [k for k in range(K) if node in above(k)]
+
+
+def page_links(opened: Opened) -> dict[tuple[str, str], float]:
+    pairs = opened.page.evaluate("window.ierfExplorer.model.links.map(l => "
+                                 "[l.source.id, l.target.id, l.weight])")
+    return {(s, t): w for s, t, w in pairs}
+
+
+def test_supernode_collapse_sums_its_members_edges_and_expands(open_page, pages) -> None:
+    """Collapsing a node gives its bisecting k-means parent, whose edges and importances
+    are those of `ierf.graph.hierarchy.collapse` (an independent implementation);
+    expanding restores the graph; the collapsed view round-trips through the URL."""
+    from ierf.graph.export import to_dict
+    from ierf.graph.hierarchy import collapse
+
+    parents = fitted_tree(TREE_SIZES[0]).tree.parents.tolist()
+    doc = json.loads((pages["tree"].parent / "tree" / "graph.json").read_text())
+    opened = open_page(pages["tree"], "#n=0&k=0&t=0")          # every node and edge drawn
+    page = opened.page
+    assert opened.counts() == (len(doc["nodes"]), len(doc["links"]))
+    page.click('g.node[data-id="layer1:4"]')
+    page.click("#collapse-button")
+    key = f"layer1:{parents[4]}"
+    members = [f"layer1:{k}" for k in leaves_under(parents, parents[4])]
+    assert opened.state()["collapsed"] == [key] and opened.state()["selected"] == key
+    merged = to_dict(collapse(concept_graph(TREE_SIZES, seed=TREE_SEED), "layer1",
+                              {key: members}), "x")
+    assert opened.counts() == (len(merged["nodes"]), len(merged["links"]))
+    want = {(l["source"], l["target"]): l["weight"] for l in merged["links"]}
+    got = page_links(opened)
+    assert got.keys() == want.keys()
+    assert all(abs(got[e] - want[e]) <= 1e-5 * (1 + abs(want[e])) for e in want)
+    node = next(n for n in merged["nodes"] if n["node_id"] == key)
+    shown = page.evaluate(f"window.ierfExplorer.model.byId.get({json.dumps(key)}).raw")
+    assert shown["importance"] == pytest.approx(node["importance"], rel=1e-5, abs=1e-6)
+    assert shown["supernode"]["members"] == members
+    assert page.locator(f'g.node.super[data-id="{key}"]').count() == 1
+    listed = page.eval_on_selector_all("#panel ul.members li", "els => els.map(e => "
+                                       "e.textContent)")
+    assert len(listed) == min(len(members), 12) and listed[0].startswith(XSS)
+    assert page.text_content("#panel .node-label").startswith(XSS)
+    assert page.evaluate(INJECTED) == 0
+    assert f"sup=layer1%3A{parents[4]}" in page.url
+    opened.shot("supernode")
+    junk = "&sup=layer1%3A3&sup=nowhere%3A40&sup=layer1%3A999"    # a leaf, no such layer/node
+    again = open_page(pages["tree"], "#" + page.url.split("#")[1] + junk)
+    assert again.counts() == opened.counts() and drawn_ids(again, ".super") == {key}
+    assert again.state()["collapsed"] == [key]
+    page.click("#expand-button")
+    halves = [c for c in range(len(parents)) if parents[c] == parents[4]]
+    assert opened.state()["collapsed"] == sorted(
+        f"layer1:{c}" for c in halves if len(leaves_under(parents, c)) >= 2)
+    page.keyboard.press("Escape")
+    page.click('#panel button[data-layer="layer1"]')            # the whole layer, a level
+    level = {parents[k] for k in range(TREE_SIZES[0])}
+    tops = {c for c in level if not any(a in level for a in
+                                         _ancestors(parents, c))}
+    assert set(opened.state()["collapsed"]) == {f"layer1:{c}" for c in tops}
+    assert opened.counts()[0] == len(doc["nodes"]) - TREE_SIZES[0] + len(tops) + sum(
+        1 for k in range(TREE_SIZES[0]) if not any(k in leaves_under(parents, c) for c in tops))
+    opened.shot("supernodes-layer")
+    page.click('#panel button[data-expand="layer1"]')
+    assert opened.state()["collapsed"] == []
+    assert opened.counts() == (len(doc["nodes"]), len(doc["links"]))
+    assert page_links(opened) == {(l["source"], l["target"]): l["weight"] for l in doc["links"]}
+    clean(opened)
+    clean(again)
+
+
+def _ancestors(parents: list[int], node: int) -> list[int]:
+    found = []
+    while parents[node] >= 0:
+        node = parents[node]
+        found.append(node)
+    return found
+
+
+# -- diff mode -----------------------------------------------------------------------------
+
+
+def test_diff_page_colours_edges_by_change_and_marks_one_sided_nodes(open_page, pages
+                                                                      ) -> None:
+    opened = open_page(pages["diff"], "#n=0&k=0&t=0")
+    page = opened.page
+    a = json.loads((pages["diff"].parent / "a" / "graph.json").read_text())
+    b = json.loads((pages["diff"].parent / "b" / "graph.json").read_text())
+    wa = {(l["source"], l["target"]): l["weight"] for l in a["links"]}
+    wb = {(l["source"], l["target"]): l["weight"] for l in b["links"]}
+    change = {e: wb.get(e, 0.0) - wa.get(e, 0.0) for e in wa.keys() | wb.keys()}
+    change = {e: w for e, w in change.items() if w != 0}
+    nodes = {n["node_id"] for n in a["nodes"]} | {n["node_id"] for n in b["nodes"]}
+    assert opened.counts() == (len(nodes), len(change))
+    assert page_links(opened) == pytest.approx(change)
+    assert drawn_ids(opened, ".only-a") == {"layer1:2"}
+    assert drawn_ids(opened, ".only-b") == {"layer2:4"}
+    assert "difference b - a" in page.text_content("#status")
+    with page.expect_download() as got:                    # colour = sign of the change
+        page.click("#export-svg")
+    strokes = re.findall(r'<path d="[^"]*" stroke="(#[0-9a-f]{6})"', Path(
+        got.value.path()).read_text())
+    assert strokes.count("#c0392b") == sum(w > 0 for w in change.values())
+    assert strokes.count("#2e6fbd") == sum(w < 0 for w in change.values())
+    page.click('g.node[data-id="layer1:2"]')
+    assert "only in A" in page.text_content("#panel .only-note")
+    assert page.locator("#panel table.sides tr").count() > 2
+    assert "absent" in page.text_content("#panel table.sides")
+    opened.shot("diff")
     clean(opened)
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ierf.errors import IerfError
-from ierf.explorer.document import load_graph, load_routes
+from ierf.explorer.document import (
+    check_graph,
+    diff_documents,
+    load_graph,
+    load_hierarchy,
+    load_routes,
+)
 from ierf.explorer.images import collect
 from ierf.explorer.page import render_page
 from ierf.io import atomic_path
@@ -28,6 +34,9 @@ class Export:
     folder : the folder holding the images (``images="folder"``), else ``None``.
     routes : how many routes are overlaid (0 without a routes file).
     warnings : what the page shows without (missing thumbnails, ...), one line each.
+    supernodes : the layers whose nodes the page can collapse into their bisecting k-means
+        parents (those with a split tree).
+    diff : ``"<B> - <A>"`` for a diff page, else ``None``.
     """
 
     path: Path
@@ -37,11 +46,14 @@ class Export:
     folder: Path | None
     routes: int
     warnings: list[str] = field(default_factory=list)
+    supernodes: list[str] = field(default_factory=list)
+    diff: str | None = None
 
 
 def export_html(graph: str | Path, out: str | Path, *, routes: str | Path | bool | None = None,
-                images: Literal["embed", "folder"] = "embed",
-                title: str | None = None) -> Export:
+                images: Literal["embed", "folder"] = "embed", title: str | None = None,
+                diff: str | Path | None = None, names: tuple[str, str] | None = None
+                ) -> Export:
     """Write the explorer page of ``graph`` to ``out`` (atomically).
 
     Parameters
@@ -53,12 +65,26 @@ def export_html(graph: str | Path, out: str | Path, *, routes: str | Path | bool
     images : ``"embed"`` puts the thumbnails into the page as data URIs (one file);
         ``"folder"`` copies them into ``<out stem>_files/`` beside the page.
     title : the page title (default: the graph's slug and model).
+    diff : a second graph B: the page shows the differences B − ``graph`` (clean vs
+        attacked, two classes), in the format of ``ierf diagnose``'s diff graph (see
+        :func:`ierf.explorer.document.diff_documents`); routes only when given.
+    names : what to call ``graph`` and ``diff`` in the page (default: their file or folder
+        names).
     """
     out = Path(out)
     if out.is_dir():
         raise IerfError(f"{out} is a folder; give the HTML file to write, e.g. {out}/graph.html")
     doc, path = load_graph(graph)
+    label = None
+    if diff is not None:
+        other, other_path = load_graph(diff)
+        names = names or _names(path, other_path)
+        doc = check_graph(diff_documents(doc, other, path.parent, other_path.parent, names),
+                          "the diff of the two graphs")
+        label = doc["metadata"]["ierf"]["metadata"]["diff"]
+        routes = False if routes is None else routes
     route_file = _route_file(path, routes)
+    trees, tree_notes = load_hierarchy(doc)
     found = load_routes(route_file, doc) if route_file else None
     folder = out.parent / f"{out.stem}_files" if images == "folder" else None
     thumbs = collect(doc["nodes"], path.parent, images, folder)
@@ -66,13 +92,22 @@ def export_html(graph: str | Path, out: str | Path, *, routes: str | Path | bool
     payload: dict[str, Any] = {
         "explorer": {"version": PAYLOAD_VERSION, "graph_file": path.name,
                      "routes_file": None if route_file is None else route_file.name,
-                     "warnings": missing},
-        "graph": doc, "images": thumbs.urls, "routes": found}
+                     "warnings": missing + tree_notes},
+        "graph": doc, "images": thumbs.urls, "routes": found, "hierarchy": trees}
     page = render_page(payload, title or _title(doc))
     with atomic_path(out) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return Export(out, len(doc["nodes"]), len(doc["links"]), len(thumbs.urls), folder,
-                  len(found or []), _content(doc, len(thumbs.urls)) + missing)
+                  len(found or []), _content(doc, len(thumbs.urls)) + missing + tree_notes,
+                  sorted(trees), label)
+
+
+def _names(a: Path, b: Path) -> tuple[str, str]:
+    """Names of two graph files for a diff page: their stems, else their folders'."""
+    for name_a, name_b in ((a.stem, b.stem), (a.parent.name, b.parent.name)):
+        if name_a != name_b:
+            return name_a, name_b
+    return "A", "B"
 
 
 def _route_file(graph: Path, routes: str | Path | bool | None) -> Path | None:

@@ -21,8 +21,9 @@ from ierf.explorer.document import SUPPORTED_VERSIONS, finite
 
 #: the explorer's scripts, in the order they are concatenated (each uses only earlier ones
 #: at load time; ``app.js`` starts the page)
-SCRIPTS = ("util.js", "state.js", "model.js", "layout.js", "edges.js", "nodes.js", "panel.js",
-           "search.js", "exporters.js", "controls.js", "stage.js", "app.js")
+SCRIPTS = ("util.js", "state.js", "model.js", "collapse.js", "layout.js", "edges.js",
+           "nodes.js", "panel.js", "search.js", "exporters.js", "controls.js", "stage.js",
+           "app.js")
 STYLES = ("graph.css",)
 #: styles of the drawn graph, also written into exported SVG files
 SVG_STYLES = ("svg.css",)
@@ -35,7 +36,8 @@ def static(name: str) -> str:
 
 
 def render_page(payload: dict[str, Any], title: str) -> str:
-    """The HTML page showing ``payload`` (``{"graph", "images", "routes", "explorer"}``)."""
+    """The HTML page showing ``payload`` (``{"graph", "images", "routes", "explorer"}`` and,
+    for supernodes, ``"hierarchy"``: layer → split tree ``{"parents", "sizes"}``)."""
     data = json.dumps(finite(payload), ensure_ascii=True, allow_nan=False,
                       separators=(",", ":"))
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -1,16 +1,17 @@
 // The explorer: reads the embedded data, keeps the view state (mirrored in the URL
-// fragment), and redraws what changed: pruning and layout when the drawn node set changes,
-// node classes and the edge canvas otherwise. Pan with a drag, zoom with the wheel.
+// fragment), and redraws what changed: the model when supernodes are collapsed or
+// expanded, pruning and layout when the drawn node set changes, node classes and the edge
+// canvas otherwise. Pan with a drag, zoom with the wheel.
 
-const ZOOM_MIN = 0.02;
-const ZOOM_MAX = 4;
+const VIEW_WRITE_MS = 250; // pan and zoom reach the URL this long after they stop
 
 class Explorer {
   constructor(payload) {
     this.payload = payload;
-    this.model = buildModel(payload);
-    this.ids = new Set(this.model.nodes.map((n) => n.id));
-    this.state = readState(location.hash, this.ids);
+    this.hierarchy = new Hierarchy(payload.hierarchy, payload.graph.nodes);
+    this.graphIds = new Set(payload.graph.nodes.map((n) => n.node_id));
+    this.state = readState(location.hash, this.graphIds, this.hierarchy);
+    this.rebuild();
     this.t = { x: 0, y: 0, k: 1 };
     this.hovered = null;
     this.matches = null;
@@ -28,6 +29,23 @@ class Explorer {
     this.canvas = document.getElementById("edges");
     this.ctx = this.canvas.getContext("2d");
     this.frame = 0;
+    this.viewTimer = 0;
+  }
+
+  /** The model of the graph with the state's clusters collapsed (collapse.js); node ids of
+   *  the state that are collapsed now become their cluster's. */
+  rebuild() {
+    this.model = buildModel(collapsedPayload(this.payload, this.hierarchy, this.state.collapsed));
+    this.model.diff = diffOf(this.model);
+    this.ids = new Set(this.model.nodes.map((n) => n.id));
+    const chosen = new Set(this.state.collapsed);
+    const now = (id) => {
+      const found = id && (this.ids.has(id) ? id : this.hierarchy.ownerOf(id, chosen));
+      return found && this.ids.has(found) ? found : null;
+    };
+    this.state.selected = now(this.state.selected);
+    this.state.pins = [...new Set(this.state.pins.map(now).filter(Boolean))];
+    this.view = null;
   }
 
   start() {
@@ -48,14 +66,21 @@ class Explorer {
     if (this.model.nodes.length && !this.model.nodes.some((n) => n.images.length)) {
       this.notify("This graph has no thumbnails: nodes show placeholders.", "info");
     }
+    if (this.model.diff) document.body.classList.add("diff");
     this.update();
-    this.fit();
-    if (this.state.selected) this.centerOn(this.model.byId.get(this.state.selected));
+    if (this.state.view) this.showView(this.state.view);
+    else {
+      this.fit();
+      if (this.state.selected) this.centerOn(this.model.byId.get(this.state.selected));
+    }
     window.addEventListener("hashchange", () => {
       if (location.hash.replace(/^#/, "") === this.hash) return;
-      this.state = readState(location.hash, this.ids);
+      const collapsed = this.state.collapsed.join(" ");
+      this.state = readState(location.hash, this.graphIds, this.hierarchy);
+      if (this.state.collapsed.join(" ") !== collapsed) this.rebuild();
       syncControls(this);
       this.update();
+      if (this.state.view) this.showView(this.state.view);
     });
   }
 
@@ -151,10 +176,25 @@ class Explorer {
     this.timings.draw = performance.now() - began;
   }
 
-  applyTransform() {
+  /** Show the pan/zoom `this.t`; `remember` (default) keeps it in the state and, once
+   *  panning and zooming stop, in the URL. */
+  applyTransform(remember = true) {
     document.getElementById("viewport").setAttribute("transform",
       `translate(${this.t.x},${this.t.y}) scale(${this.t.k})`);
     this.draw();
+    if (!remember) return;
+    const k = this.t.k;
+    this.state.view = { k, x: (this.stage.clientWidth / 2 - this.t.x) / k,
+      y: (this.stage.clientHeight / 2 - this.t.y) / k };
+    clearTimeout(this.viewTimer);
+    this.viewTimer = setTimeout(() => this.writeHash(), VIEW_WRITE_MS);
+  }
+
+  /** Pan and zoom so that the drawing point (view.x, view.y) is at the stage's centre. */
+  showView(view) {
+    this.t = { k: view.k, x: this.stage.clientWidth / 2 - view.x * view.k,
+      y: this.stage.clientHeight / 2 - view.y * view.k };
+    this.applyTransform();
   }
 
   zoomAt(factor, sx, sy) {
@@ -175,7 +215,9 @@ class Explorer {
     const both = Math.min(byWidth, (h - 70) / (g.height || 1));
     const k = clamp(both >= 0.3 * byWidth ? both : byWidth, ZOOM_MIN, 1);
     this.t = { k, x: (w - g.width * k) / 2, y: Math.max(55, (h - g.height * k) / 2 + 20) };
-    this.applyTransform();
+    this.applyTransform(false);
+    this.state.view = null; // the default view: not written into the URL
+    this.writeHash();
   }
 
   centerOn(n) {
@@ -229,7 +271,36 @@ class Explorer {
     this.update();
   }
 
+  /** Collapse node or cluster `id` into its bisecting k-means parent cluster, selected. */
+  collapse(id) {
+    const next = this.hierarchy.collapse(id, this.state.collapsed);
+    if (!next) return;
+    this.setCollapsed(next.keys);
+    this.select(next.key, true);
+  }
+
+  /** Expand the collapsed cluster `key` one level. */
+  expand(key) {
+    this.setCollapsed(this.hierarchy.expand(key, this.state.collapsed));
+  }
+
+  /** Collapse every drawn concept of `layer` one level (or, with `all`, expand them all). */
+  collapseLayer(layer, all) {
+    const keys = this.state.collapsed;
+    this.setCollapsed(all ? keys.filter((k) => this.hierarchy.cluster(k).layer !== layer)
+      : this.hierarchy.collapseAll(this.view.nodes.filter((n) => n.kind === "concept" &&
+        n.raw.layer_name === layer).map((n) => n.id), keys));
+  }
+
+  setCollapsed(keys) {
+    if (keys.join(" ") === this.state.collapsed.join(" ")) return;
+    this.state.collapsed = keys;
+    this.rebuild();
+    this.update();
+  }
+
   writeHash() {
+    clearTimeout(this.viewTimer);
     this.hash = writeState(this.state);
     const url = location.href.split("#")[0] + (this.hash ? `#${this.hash}` : "");
     if (url !== location.href) history.replaceState(null, "", url);
@@ -254,7 +325,8 @@ function showHeader(app) {
   const meta = app.model.meta;
   document.getElementById("title").textContent = meta.slug ? `${meta.slug}` : "concept graph";
   const images = Array.isArray(meta.prompt_tokens) ? meta.prompt_tokens : [];
-  const parts = [meta.scan, app.model.ierf.method && `ICAT ${app.model.ierf.method}`,
+  const parts = [app.model.diff && `difference ${app.model.diff}`, meta.scan,
+    app.model.ierf.method && `ICAT ${app.model.ierf.method}`,
     images.length === 1 ? `image ${images[0]}` : images.length ? `${images.length} images` : null,
     app.model.routes.length ? `${app.model.routes.length} routes` : null];
   document.getElementById("subtitle").textContent = parts.filter(Boolean).join(" · ");
@@ -264,9 +336,11 @@ function showStatus(app) {
   const v = app.view;
   const m = app.model;
   const pins = app.state.pins.length;
-  document.getElementById("status").textContent =
+  const supers = app.state.collapsed.length;
+  document.getElementById("status").textContent = (m.diff ? `difference ${m.diff} · ` : "") +
     `${v.nodes.length} of ${m.nodes.length} nodes · ${v.links.length} of ${m.links.length} ` +
     `edges drawn` + (pins ? ` · ${pins} pinned` : "") +
+    (supers ? ` · ${supers} supernode${supers > 1 ? "s" : ""}` : "") +
     (app.state.cls ? ` · ancestry of ${m.byId.get(app.state.cls).label}` : "");
   document.body.dataset.nodes = String(v.nodes.length);
   document.body.dataset.edges = String(v.links.length);

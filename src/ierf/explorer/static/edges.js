@@ -1,7 +1,7 @@
 // Edges are drawn on a canvas under the SVG nodes (tens of thousands stay fast). Width and
 // opacity grow with |weight| relative to the strongest edge of the same layer pair; colour
-// is the sign (blue positive, red negative). Edges are batched into a few styles so each
-// style is one path and one stroke.
+// is the sign (red positive, blue negative; in a diff, the sign of the change). Edges are
+// batched into a few styles so each style is one path and one stroke.
 
 const WIDTH_STEPS = 6;
 const FADED = 0;

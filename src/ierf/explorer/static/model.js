@@ -56,7 +56,7 @@ function buildModel(payload) {
     const target = byId.get(raw.target);
     if (!source || !target) continue;
     const weight = typeof raw.weight === "number" ? raw.weight : 0;
-    const link = { source, target, weight, abs: Math.abs(weight), norm: 0 };
+    const link = { source, target, weight, abs: Math.abs(weight), norm: 0, raw };
     links.push(link);
     source.out.push(link);
     target.in.push(link);
@@ -98,6 +98,13 @@ function buildModel(payload) {
     }))
     .filter((r) => r.nodes.length >= 2);
   return { graph, meta: graph.metadata, ierf, nodes, byId, links, columns, classes, routes };
+}
+
+/** "B - A" when the graph is the difference of two graphs (`ierf diagnose`'s diff graph,
+ *  `ierf graph show A --diff B`), else null. */
+function diffOf(model) {
+  const d = model.ierf.metadata && model.ierf.metadata.diff;
+  return typeof d === "string" && d ? d : null;
 }
 
 /** The nodes and edges drawn for `state`: per column, error and class nodes and the

@@ -11,6 +11,7 @@ const MARK_NAMES = ["selected", "hovered", "pinned", "match", "route", "ancestor
 /** The one-line summary of a node under its label. */
 function nodeLine(n) {
   const r = n.raw;
+  if (r.supernode) return `${r.supernode.members.length} concepts · infl ${fmt(n.influence)}`;
   if (n.kind === "class") return `class ${r.feature} · p ${fmt(r.token_prob)}`;
   if (n.kind === "error") return `residual ${fmt(r.error_share)} · infl ${fmt(n.influence)}`;
   return `#${r.feature} · f ${fmt(r.frequency)} · infl ${fmt(n.influence)}`;
@@ -18,14 +19,26 @@ function nodeLine(n) {
 
 /** What a node without a thumbnail shows in its place. */
 function placeholderText(n) {
+  if (n.raw.supernode) return `Σ${n.raw.supernode.members.length}`;
   return n.kind === "class" ? "C" : n.kind === "error" ? "ε" : `#${n.raw.feature}`;
+}
+
+/** The classes a node always has: its kind, "super" for a supernode, "only-a" / "only-b"
+ *  for a node of one of the two graphs of a diff. */
+function nodeClasses(n) {
+  return ["node", `kind-${n.kind}`, n.raw.supernode ? "super" : "",
+    n.raw.diff_only === "a" || n.raw.diff_only === "b" ? `only-${n.raw.diff_only}` : ""]
+    .filter(Boolean);
 }
 
 /** The SVG group of node `n` at `p` in node style `s`, with the state classes of `marks`. */
 function nodeElement(n, p, s, marks) {
   const names = MARK_NAMES.filter((m) => marks[m] && marks[m].has(n));
-  const g = svgEl("g", { class: ["node", `kind-${n.kind}`, ...names].join(" "), "data-id": n.id,
+  const g = svgEl("g", { class: [...nodeClasses(n), ...names].join(" "), "data-id": n.id,
     transform: `translate(${p.x},${p.y})` });
+  if (n.raw.supernode) { // a stack of cards
+    g.append(svgEl("rect", { class: "stack", x: 4, y: -4, width: p.w, height: p.h, rx: s.thumb ? 4 : 2 }));
+  }
   g.append(svgEl("rect", { class: "box", width: p.w, height: p.h, rx: s.thumb ? 4 : 2 }));
   let textX = 5;
   if (s.thumb) {

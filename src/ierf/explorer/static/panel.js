@@ -1,6 +1,7 @@
-// The side panel: the graph's summary (with routes and pins) when nothing is selected; a
-// node's card when one is: thumbnails, coefficient statistics, class importances, and its
-// strongest incoming and outgoing edges. Also the hover tooltip.
+// The side panel: the graph's summary (with routes, supernode controls and pins) when
+// nothing is selected; a node's card when one is: thumbnails, coefficient statistics (with
+// both graphs' values in a diff), class importances, collapse / expand, and its strongest
+// incoming and outgoing edges. Also the hover tooltip.
 
 const PANEL_EDGES = 12;
 const PANEL_CLASSES = 20;
@@ -30,8 +31,12 @@ function summary(app) {
         ? `${images.length} (${images.slice(0, 5).join(", ")}, …)` : images.join(", ") || "–")),
     el("h3", {}, "Reading the graph"),
     el("ul", { class: "help" },
-      el("li", {}, el("span", { class: "swatch pos" }), " positive ICAT edge, ",
-        el("span", { class: "swatch neg" }), " negative; width and opacity grow with |weight|"),
+      m.diff ? el("li", {}, `a difference of two graphs, ${m.diff}: `,
+        el("span", { class: "swatch pos" }), " edge weight grew, ",
+        el("span", { class: "swatch neg" }), " shrank; width and opacity grow with |change|; ",
+        "dashed nodes are in one graph only")
+        : el("li", {}, el("span", { class: "swatch pos" }), " positive ICAT edge, ",
+          el("span", { class: "swatch neg" }), " negative; width and opacity grow with |weight|"),
       el("li", {}, "hover a node: its strongest incoming and outgoing edges"),
       el("li", {}, "click: details here; ctrl-click (⌘-click): pin it"),
       el("li", {}, "drag (or shift-wheel) to pan, wheel to zoom, / to search, Esc to close")),
@@ -49,6 +54,7 @@ function summary(app) {
     }
     out.push(list);
   }
+  out.push(...supernodeControls(app));
   if (app.state.pins.length) {
     out.push(el("h3", {}, `Pinned (${app.state.pins.length})`));
     out.push(el("ul", { class: "pins" }, app.state.pins.map((id) => {
@@ -74,12 +80,18 @@ function nodeCard(app, n) {
     el("h2", { class: "node-label" }, n.label),
     el("div", { class: "node-id" }, el("code", {}, n.id), ` · ${n.layerName}`),
   ];
+  if (r.diff_only) {
+    out.push(el("div", { class: `only-note only-${r.diff_only}` },
+      `only in ${r.diff_only === "a" ? "A" : "B"} of ${app.model.diff} (the other counts as 0)`));
+  }
+  out.push(...clusterCard(app, n));
   if (n.images.length) {
     out.push(el("div", { class: "thumbs" }, n.images.map((src, i) =>
       el("img", { src, alt: `image ${i + 1} of ${n.label}`, class: "thumb-large" }))));
   } else {
     out.push(el("div", { class: "no-thumb" }, "No thumbnail in the graph file."));
   }
+  if (app.model.diff) out.push(el("h3", {}, `Change ${app.model.diff}`));
   const stats = el("dl", { class: "stats" });
   const add = (key, value) => value !== undefined && value !== null && stats.append(...row(key, value));
   if (n.kind === "concept") {
@@ -96,6 +108,7 @@ function nodeCard(app, n) {
   add("influence Σ|importance|", fmt(n.influence));
   add("edges in / out", `${n.in.length} / ${n.out.length}`);
   out.push(stats);
+  if (r.diff_sides) out.push(el("h3", {}, `Both graphs (${app.model.diff})`), sidesTable(r.diff_sides));
   if (Array.isArray(r.importance) && r.importance.length) {
     out.push(el("h3", {}, "Class importance"), importanceBars(app, r.importance));
   }
@@ -121,17 +134,83 @@ function nodeLink(app, n) {
     onclick: (e) => { e.preventDefault(); app.select(n.id, true); } }, n.label);
 }
 
-function edgeItem(app, node, weight) {
+function edgeItem(app, node, weight, link) {
+  const sides = link && app.model.diff && ("weight_a" in link.raw || "weight_b" in link.raw)
+    ? el("span", { class: "muted" }, ` (${fmt(link.raw.weight_a)} → ${fmt(link.raw.weight_b)})`)
+    : null;
   return el("li", {}, el("span", { class: `value ${weight >= 0 ? "pos" : "neg"}` },
-    fmt(weight, true)), " ", nodeLink(app, node));
+    fmt(weight, true)), sides, " ", nodeLink(app, node));
 }
 
 function edgeList(app, links, end) {
   if (!links.length) return el("p", { class: "muted" }, "none");
   const list = el("ul", { class: "edges" },
-    links.slice(0, PANEL_EDGES).map((l) => edgeItem(app, l[end], l.weight)));
+    links.slice(0, PANEL_EDGES).map((l) => edgeItem(app, l[end], l.weight, l)));
   if (links.length > PANEL_EDGES) list.append(el("li", { class: "muted" }, `… ${links.length - PANEL_EDGES} more`));
   return list;
+}
+
+/** A node's values in the two graphs of a diff (A, B and the change B − A). */
+function sidesTable(sides) {
+  const fields = [...new Set(["a", "b"].flatMap((s) => Object.keys(sides[s] || {})))];
+  const value = (side, f) => (sides[side] ? fmt(sides[side][f]) : "absent");
+  const change = (f) => {
+    const a = sides.a ? sides.a[f] : 0;
+    const b = sides.b ? sides.b[f] : 0;
+    return typeof a === "number" || typeof b === "number" ? fmt((b || 0) - (a || 0), true) : "–";
+  };
+  return el("table", { class: "sides" },
+    el("tr", {}, el("th", {}, ""), el("th", {}, "A"), el("th", {}, "B"), el("th", {}, "B − A")),
+    fields.map((f) => el("tr", {}, el("td", {}, f), el("td", {}, value("a", f)),
+      el("td", {}, value("b", f)), el("td", {}, change(f)))));
+}
+
+/** Collapse / expand for a concept node of a layer with a split tree; a supernode's
+ *  members. */
+function clusterCard(app, n) {
+  const h = app.hierarchy;
+  const r = n.raw;
+  if (n.kind !== "concept" || !h.has(r.layer_name)) return [];
+  const unit = h.unit(n.id);
+  const up = unit ? h.parentCluster(unit) : -1;
+  const tree = h.trees.get(r.layer_name);
+  const collapse = el("button", { type: "button", class: "small", id: "collapse-button",
+    disabled: up < 0, onclick: () => app.collapse(n.id),
+    title: up < 0 ? "already the whole layer"
+      : `merge into its bisecting k-means cluster of ${tree.count[up]} concepts` },
+  r.supernode ? "Collapse further" : "Collapse into cluster");
+  if (!r.supernode) return [el("div", { class: "cluster-buttons" }, collapse)];
+  const s = r.supernode;
+  const shown = s.labels.slice(0, PANEL_EDGES);
+  return [
+    el("div", { class: "cluster-buttons" },
+      el("button", { type: "button", class: "small", id: "expand-button",
+        onclick: () => app.expand(n.id) }, "Expand"), collapse),
+    el("p", { class: "muted" }, `Supernode: ${s.members.length} concepts of a bisecting ` +
+      `k-means cluster (${s.pfvs} PFVs); its edges and importances are the sums of theirs.`),
+    el("ul", { class: "members" }, shown.map((label, i) =>
+      el("li", {}, label, " ", el("code", {}, s.members[i]))),
+    s.labels.length > shown.length ? el("li", { class: "muted" }, `… ${s.labels.length - shown.length} more`) : null),
+  ];
+}
+
+/** Per layer with a split tree: collapse its drawn concepts one level, or expand all. */
+function supernodeControls(app) {
+  const layers = app.model.columns.map((c) => c.name).filter((name) => app.hierarchy.has(name));
+  if (!layers.length) return [];
+  return [
+    el("h3", {}, "Supernodes (bisecting k-means)"),
+    el("ul", { class: "layers" }, layers.map((layer) => {
+      const n = app.state.collapsed.filter((k) => app.hierarchy.cluster(k).layer === layer).length;
+      return el("li", {}, el("span", { class: "layer-name" }, layer),
+        el("span", { class: "muted" }, n ? ` ${n} collapsed ` : " "),
+        el("button", { type: "button", class: "small", "data-layer": layer,
+          title: "merge each drawn concept of this layer into its parent cluster",
+          onclick: () => app.collapseLayer(layer, false) }, "collapse a level"), " ",
+        el("button", { type: "button", class: "small", disabled: !n, "data-expand": layer,
+          onclick: () => app.collapseLayer(layer, true) }, "expand all"));
+    })),
+  ];
 }
 
 /** Bars of a node's importance for each class, largest |value| first; a click selects
