@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="atlas image whose concept locations are drawn (default 0)")
     k.add_argument("-o", "--out", required=True, help="output folder")
     k.set_defaults(run=_cards)
+    from ierf.cli.concepts_show import register as add_show  # the dashboard (explorer)
+    add_show(csub)
 
 
 def default_out(atlas: str | Path, layer: str, method: str) -> Path:
