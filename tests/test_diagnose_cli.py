@@ -4,6 +4,7 @@ that reach and miss their target, bad input in one clear line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,8 +31,38 @@ def built(toy, tmp_path_factory) -> dict:
             "names": toy.class_names}
 
 
+def thumbnails(graph_file: Path) -> dict[str, list[Path]]:
+    """Node id → its thumbnail files (resolved against the graph file's folder)."""
+    nodes = json.loads(graph_file.read_text())["nodes"]
+    return {n["node_id"]: [graph_file.parent / p for p in n["thumbnails"]] for n in nodes
+            if "thumbnails" in n}
+
+
+def embedded(page: Path) -> int:
+    """How many PNG data URIs the explorer page holds."""
+    return page.read_text().count("data:image/png;base64,")
+
+
 def run(built: dict, *args: str) -> int:
     return main(["diagnose", *args, "--graph", built["g"], "--steps", "2", "--routes", "3"])
+
+
+def test_per_class_graphs_carry_the_data_set_thumbnails(built, tmp_path) -> None:
+    g = Path(built["g"])
+    main_thumbs = thumbnails(g / "graph.json")
+    concepts = {n["node_id"] for n in json.loads((g / "graph.json").read_text())["nodes"]
+                if n["kind"] == "concept"}
+    files = sorted((g / "per-class").glob("*.json"))
+    assert files
+    for f in files:
+        per = thumbnails(f)
+        assert set(per) == concepts == set(main_thumbs)
+        for node, paths in per.items():        # the same files, named from per-class/
+            assert [p.resolve() for p in paths] == [p.resolve() for p in main_thumbs[node]]
+            assert all(p.is_file() for p in paths)
+    page = tmp_path / "class.html"
+    assert main(["graph", "show", str(files[0]), "-o", str(page)]) == 0
+    assert embedded(page) == len(concepts)
 
 
 def test_two_classes_end_to_end(built, capsys) -> None:
@@ -57,6 +88,13 @@ def test_two_classes_end_to_end(built, capsys) -> None:
     assert graph.classes.tolist() == [pred, runner_up]
     md = (out / "diagnosis.md").read_text()
     assert "Deciding edge" in md and "Shared concepts" in md
+    thumbs = thumbnails(out / "graph.json")         # where each drawn node is active
+    routed = {n for r in report["routes"].values() for route in r for n in route["nodes"]}
+    assert routed <= set(thumbs) and all(p.is_file() for ps in thumbs.values() for p in ps)
+    assert embedded(out / "diagnosis.html") == sum(len(ps) for ps in thumbs.values())
+    concepts = {n["node_id"] for n in json.loads((out / "graph.json").read_text())["nodes"]
+                if n.get("feature_type") == "cross layer transcoder"}
+    assert concepts <= set(thumbs)                  # every concept: at least its data-set card
     assert "deciding edge:" in printed and printed.count("route ") >= 2
 
 
@@ -91,6 +129,9 @@ def test_attack_end_to_end(built, capsys) -> None:
                                attacked.edges[0].weights - clean.edges[0].weights)
     for name in ("attack.png", "diff-graph.png", "routes-attacked.png", "diff-graph.html"):
         assert (out / name).is_file()
+    thumbs = thumbnails(out / "graph-attacked.json")
+    assert set(cmp["routes_attacked"][0]["nodes"]) <= set(thumbs)
+    assert thumbnails(out / "diff-graph.json") == thumbs
 
 
 def test_attack_that_misses_is_reported_without_a_diff(built, capsys) -> None:
@@ -153,3 +194,57 @@ def test_parser_needs_no_torch_and_knows_every_attack() -> None:
     from ierf.diagnose import ATTACKS as IMPLEMENTED
 
     assert ATTACKS == IMPLEMENTED
+
+
+def test_data_set_cards_can_join_the_per_image_thumbnails(built, tmp_path) -> None:
+    from ierf.cli.graph import graph_thumbnails
+    from ierf.diagnose.report import node_images
+
+    cards = graph_thumbnails(built["g"])
+    assert cards == {k: [str(p.resolve()) for p in v] for k, v in
+                     thumbnails(Path(built["g"]) / "graph.json").items()}
+    shown = node_images(tmp_path, cards=cards)
+    assert {k: [str((tmp_path / p).resolve()) for p in v] for k, v in shown.items()} == cards
+
+
+def test_bench_graph_writes_per_target_aucs_the_explorer_shows(built, tmp_path, capsys
+                                                               ) -> None:
+    """`ierf bench graph`'s per-target AUCs, weighted by their pairs, average to its table's
+    means; `graph show --faithfulness` accepts them for the graph of the same atlas."""
+    from ierf.bench.tables import read_csv
+
+    out = tmp_path / "bench"
+    atlas = str(Path(built["g"]).parent / "atlas")
+    assert main(["bench", "graph", atlas, "--layers", "layer2,layer3", "--methods",
+                 "ig,random", "--n", "4", "--steps", "2", "--curve-steps", "4",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "layer2-layer3" / "targets.json").read_text())
+    table = read_csv(out / "layer2-layer3" / "table.csv")
+    nodes = data["nodes"].values()
+    total = sum(v["pairs"] for v in nodes)
+    assert total == table["ig"]["C-deletion AUC n"]
+    for method in ("ig", "random"):
+        for mode, column in (("deletion", "C-deletion AUC"), ("insertion", "C-insertion AUC")):
+            mean = sum(v["pairs"] * v[mode][method] for v in nodes) / total
+            assert mean == pytest.approx(table[method][column], rel=1e-5, abs=1e-6)
+    assert all(k.startswith("layer3:") for k in data["nodes"])
+    page = tmp_path / "g.html"
+    assert main(["graph", "show", built["g"], "-o", str(page), "--faithfulness",
+                 str(out)]) == 0
+    assert f"{len(data['nodes'])} with edge faithfulness" in capsys.readouterr().out
+
+
+def test_explain_graph_carries_located_and_data_set_thumbnails(built, tmp_path) -> None:
+    """`graph explain`'s per-image graph: every concept has the data-set graph's card, the
+    located ones first their own image dimmed outside their iERF."""
+    out = tmp_path / "explain"
+    assert main(["graph", "explain", "0", "--graph", built["g"], "--steps", "2",
+                 "--routes", "2", "-o", str(out)]) == 0
+    cards = thumbnails(Path(built["g"]) / "graph.json")
+    shown = thumbnails(out / "graph.json")
+    routes = json.loads((out / "routes.json").read_text())
+    for node, paths in cards.items():
+        assert [p.resolve() for p in shown[node][-1:]] == [p.resolve() for p in paths]
+    located = {n for r in routes for n in r["nodes"]}
+    for node in located:
+        assert shown[node][0].parent == out / "thumbnails" and shown[node][0].is_file()

@@ -507,3 +507,65 @@ def test_cli_show_diff_writes_a_diff_page(tmp_path: Path, capsys: pytest.Capture
     args = show_parser().parse_args(["show", str(tmp_path / "clean"), "--names", "a,b"])
     with pytest.raises(IerfError, match="--diff"):
         args.run(args)
+
+
+# -- edge faithfulness (ierf bench graph → the node panel) --------------------------------
+
+
+def auc_entry(deletion: float, insertion: float, pairs: int = 3) -> dict[str, Any]:
+    """One target concept's entry of ``targets.json``: ig and random AUCs."""
+    return {"pairs": pairs, "deletion": {"ig": deletion, "random": 0.5},
+            "insertion": {"ig": insertion, "random": 0.4}}
+
+
+def write_faithfulness(folder: Path, nodes: dict[str, dict[str, Any]], **settings: Any
+                       ) -> Path:
+    """``folder/<source>-<target>/targets.json`` for :func:`concept_graph`'s model, written
+    by `ierf bench graph`'s own writer."""
+    from ierf.cli.bench_graph import write_targets
+
+    base = {"model": "toy-resnet", "fingerprint": None, "source": "layer1",
+            "target": "layer2", "methods": ["ig", "random"], "n_images": 4,
+            "targets_per_image": 5, "min_alignment": 0.5, "curve_steps": 20,
+            "basis_paths": {}, **settings}
+    return write_targets(folder / f"{base['source']}-{base['target']}" / "targets.json",
+                         nodes, base)
+
+
+def test_edge_faithfulness_reaches_the_page(tmp_path: Path, capsys: pytest.CaptureFixture
+                                            ) -> None:
+    write_graph(tmp_path / "g", routes=False)
+    bench = tmp_path / "bench"
+    write_faithfulness(bench, {"layer2:3": auc_entry(0.2, 0.7), "layer2:99": auc_entry(0, 1)})
+    write_faithfulness(bench, {"layer2:1": auc_entry(0.3, 0.6)}, source="layer0")
+    done = export_html(tmp_path / "g", tmp_path / "g.html", faithfulness=bench)
+    data = json.loads(page_data((tmp_path / "g.html").read_text()))["faithfulness"]
+    assert data["method"] == "ig" and done.faithful == 1
+    assert data["nodes"] == {"layer2:3": {**auc_entry(0.2, 0.7), "source": "layer1"}}
+    assert [p["source"] for p in data["pairs"]] == ["layer1"]
+    assert any("layer0 → layer2 is not an edge set" in w for w in done.warnings)
+    args = show_parser().parse_args(["show", str(tmp_path / "g"), "-o", str(tmp_path / "h.html"),
+                                     "--faithfulness", str(bench / "layer1-layer2" /
+                                                           "targets.json")])
+    assert args.run(args) == 0
+    assert "1 with edge faithfulness" in capsys.readouterr().out
+
+
+def test_edge_faithfulness_of_another_model_or_basis_is_refused(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path / "g", routes=False)
+    with pytest.raises(IerfError, match="no targets.json"):
+        export_html(graph, tmp_path / "g.html", faithfulness=tmp_path)
+    write_faithfulness(tmp_path / "other", {}, model="efficientnet-lite0")
+    with pytest.raises(IerfError, match="measured on 'efficientnet-lite0'"):
+        export_html(graph, tmp_path / "g.html", faithfulness=tmp_path / "other")
+    doc = json.loads(graph.read_text())
+    doc["metadata"]["ierf"]["metadata"]["basis_paths"] = {"layer2": str(tmp_path / "mine")}
+    graph.write_text(json.dumps(doc))
+    write_faithfulness(tmp_path / "bases", {}, basis_paths={"layer2": str(tmp_path / "theirs")})
+    with pytest.raises(IerfError, match="other concepts"):
+        export_html(graph, tmp_path / "g.html", faithfulness=tmp_path / "bases")
+    write_faithfulness(tmp_path / "old", {}, basis_paths={"layer2": str(tmp_path / "mine")})
+    bad = tmp_path / "old" / "layer1-layer2" / "targets.json"
+    bad.write_text(bad.read_text().replace('"format_version": 1', '"format_version": 0'))
+    with pytest.raises(IerfError, match="re-run `ierf bench graph`"):
+        export_html(graph, tmp_path / "g.html", faithfulness=tmp_path / "old")

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from test_explorer import (
     XSS,
+    auc_entry,
     concept_graph,
     fitted_tree,
     reference_view,
     synthetic_doc,
     with_tree,
+    write_faithfulness,
     write_graph,
 )
 
@@ -103,6 +105,9 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["tree"] = export_html(tree, root / "tree.html").path
     out["diff"] = export_html(_one_sided(root / "a", "layer2:4", 1), root / "diff.html",
                               diff=_one_sided(root / "b", "layer1:2", 2)).path
+    write_faithfulness(root / "bench", {"layer2:3": auc_entry(0.125, 0.875, pairs=7)})
+    out["faith"] = export_html(root / "bare", root / "faith.html", routes=False,
+                               faithfulness=root / "bench").path
     out["broken"] = root / "broken.html"
     out["broken"].write_text(out["bare"].read_text().replace(
         '<script id="ierf-data" type="application/json">{', '<script id="ierf-data" '
@@ -329,6 +334,25 @@ def test_search_finds_a_node_even_when_pruned(open_page, pages) -> None:
     clean(opened)
 
 
+def test_panel_shows_the_faithfulness_of_a_concepts_incoming_edges(open_page, pages
+                                                                    ) -> None:
+    opened = open_page(pages["faith"], "#sel=layer2%3A3")
+    page = opened.page
+    rows = page.eval_on_selector_all("#panel table.faithfulness tr[data-method]", "els => "
+                                     "els.map(e => [...e.children].map(c => c.textContent))")
+    assert rows == [["ig (these edges)", "0.125", "0.875"], ["random", "0.5", "0.4"]]
+    text = page.text_content("#panel")
+    assert "7 (image, target) pair(s)" in text and "parents in layer1" in text
+    assert "Lower deletion AUC / higher insertion AUC = the edges rank the parents " \
+           "faithfully" in text
+    opened.shot("panel-faithfulness")
+    page.evaluate("window.ierfExplorer.select('layer2:4')")          # a target not measured
+    assert "Not measured" in page.text_content("#panel")
+    page.evaluate("window.ierfExplorer.select('layer1:2')")          # no edge set ends here
+    assert "Faithfulness" not in page.text_content("#panel")
+    clean(opened)
+
+
 def test_view_state_round_trips_through_the_url(open_page, pages) -> None:
     opened = open_page(pages["main"])
     page = opened.page
@@ -543,6 +567,37 @@ def test_supernode_collapse_sums_its_members_edges_and_expands(open_page, pages)
     assert page_links(opened) == {(l["source"], l["target"]): l["weight"] for l in doc["links"]}
     clean(opened)
     clean(again)
+
+
+def test_search_finds_concepts_inside_a_collapsed_supernode(open_page, pages) -> None:
+    """A concept collapsed into a supernode is found by its id or label; the result offers
+    the supernode, and choosing the concept expands just enough to draw it."""
+    parents = fitted_tree(TREE_SIZES[0]).tree.parents.tolist()
+    key = f"layer1:{parents[parents[4]]}"                      # two levels above concept 4
+    opened = open_page(pages["tree"], f"#n=0&k=0&t=0&sup={key.replace(':', '%3A')}")
+    page = opened.page
+    assert opened.state()["collapsed"] == [key] and "layer1:4" not in drawn_ids(opened)
+    page.fill("#search", "layer1:4")
+    first = page.wait_for_selector("#search-results li[data-id]")
+    assert (first.get_attribute("data-id"), first.get_attribute("data-super")) == (
+        "layer1:4", key)
+    assert "in supernode" in first.text_content() and page.evaluate(INJECTED) == 0
+    opened.shot("search-supernode")
+    page.click("#search-results li[data-id] button.super-pick")   # select the supernode
+    assert opened.state()["selected"] == key and opened.state()["collapsed"] == [key]
+    page.fill("#search", "layer1:4")
+    page.keyboard.press("Enter")                                    # expand and select it
+    state = opened.state()
+    assert state["selected"] == "layer1:4" and "layer1:4" in drawn_ids(opened, ".selected")
+    under = set(leaves_under(parents, int(key.split(":")[1])))
+    for k in state["collapsed"]:           # the rest of the cluster stays collapsed
+        leaves = set(leaves_under(parents, int(k.split(":")[1])))
+        assert leaves < under and 4 not in leaves and len(leaves) >= 2
+    assert state["collapsed"] != []
+    page.fill("#search", "layer1:4")                    # found directly now
+    assert page.wait_for_selector("#search-results li[data-id]").get_attribute(
+        "data-super") is None
+    clean(opened)
 
 
 def _ancestors(parents: list[int], node: int) -> list[int]:

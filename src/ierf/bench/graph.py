@@ -8,12 +8,16 @@ concepts"; importance ``Σ_i IG(u_iq, logit_c)``, Sec. VI-A2). Every method of
 and :func:`ierf.graph.interlayer_curves` deletes / inserts them in that order. AUCs are
 averaged over those (image, target) pairs whose reference alignment
 ``max_i cos(x̃_i^b − o, v_t^b)`` is at least ``min_alignment`` (the curves are divided by it:
-a target barely present in the image gives an ill-conditioned ratio); mean ± SEM.
+a target barely present in the image gives an ill-conditioned ratio); mean ± SEM. The same
+AUCs are also averaged per target concept (:class:`TargetAUCs`): the faithfulness of that
+node's incoming ICAT edges, which ``ierf graph show --faithfulness`` shows in its panel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +35,42 @@ COLUMNS = ("C-deletion AUC", "C-insertion AUC")
 DIRECTIONS = ("lower", "higher")
 
 
+@dataclass
+class TargetAUCs:
+    """Interlayer C-deletion / C-insertion AUCs per target concept of layer ``b``: the mean
+    over the valid (image, target) pairs of that target (Sec. VI-C1).
+
+    Attributes
+    ----------
+    targets : (T,) basis indices of the target concepts of ``b``.
+    pairs : (T,) valid (image, target) pairs averaged per target (0: AUCs are NaN).
+    deletion, insertion : method → (T,) mean AUC (deletion: lower is better, insertion:
+        higher is better).
+    """
+
+    targets: torch.Tensor
+    pairs: torch.Tensor
+    deletion: dict[str, torch.Tensor]
+    insertion: dict[str, torch.Tensor]
+
+    def nodes(self, layer: str) -> dict[str, dict[str, Any]]:
+        """Graph node id ``"<layer>:<k>"`` → ``{"pairs", "deletion": {method: AUC},
+        "insertion": {method: AUC}}`` for the targets with at least one pair."""
+        return {f"{layer}:{k}": {"pairs": n,
+                                 "deletion": {m: float(v[t]) for m, v in self.deletion.items()},
+                                 "insertion": {m: float(v[t]) for m, v in self.insertion.items()}}
+                for t, (k, n) in enumerate(zip(self.targets.tolist(), self.pairs.tolist()))
+                if n > 0}
+
+
 def interlayer_validation(model: Model, basis_a: ConceptBasis, basis_b: ConceptBasis,
                           x: torch.Tensor, methods: Sequence[str] = METHODS, *,
                           n_targets: int = 5, steps: int = 20, n_steps: int = 32,
                           min_alignment: float = 0.5,
                           internal_batch_size: int | None = None
-                          ) -> tuple[Table, dict[str, dict[str, torch.Tensor]]]:
-    """The validation table of one layer pair and the mean curves of every method.
+                          ) -> tuple[Table, dict[str, dict[str, torch.Tensor]], TargetAUCs]:
+    """The validation table of one layer pair, the mean curves of every method and the AUCs
+    per target concept.
 
     Returns
     -------
@@ -45,6 +78,7 @@ def interlayer_validation(model: Model, basis_a: ConceptBasis, basis_b: ConceptB
         the valid (image, target) pairs).
     curves : method → ``{"deletion": (steps + 1,), "insertion": (steps + 1,)}`` mean curves
         over the same pairs (x-axis: fraction of the image's active parent concepts).
+    per_target : the same AUCs averaged per target concept (:class:`TargetAUCs`).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -73,6 +107,8 @@ def interlayer_validation(model: Model, basis_a: ConceptBasis, basis_b: ConceptB
                         "images or another basis")
     rows, mean, se, n = [], [], [], []
     curves: dict[str, dict[str, torch.Tensor]] = {}
+    pairs = valid.sum(0)
+    per_target = TargetAUCs(targets.cpu(), pairs.cpu(), {}, {})
     for method in methods:
         scores = icat(sub, basis_a, basis_b, pfvs, method, targets, U_a=U_a, U_b=U_b,
                       n_steps=n_steps, internal_batch_size=internal_batch_size)
@@ -83,6 +119,8 @@ def interlayer_validation(model: Model, basis_a: ConceptBasis, basis_b: ConceptB
             vals = auc[valid].double()
             stats.append((vals.mean().item(), _sem(vals), len(vals)))
             curves[method][mode] = c[valid].mean(0)
+            getattr(per_target, mode)[method] = (
+                torch.where(valid, auc.double(), 0).sum(0) / pairs).float().cpu()  # NaN: no pair
         rows.append(method)
         mean.append([s[0] for s in stats])
         se.append([s[1] for s in stats])
@@ -92,7 +130,7 @@ def interlayer_validation(model: Model, basis_a: ConceptBasis, basis_b: ConceptB
                   rows, list(COLUMNS),
                   list(DIRECTIONS), np.array(mean), np.array(se), np.array(n))
     table.notes.append(_verdict(table))
-    return table, curves
+    return table, curves, per_target
 
 
 def _sem(v: torch.Tensor) -> float:

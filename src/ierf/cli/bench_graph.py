@@ -1,5 +1,6 @@
 """`ierf bench graph`: interlayer C-deletion / C-insertion of every ICAT method (IERF Sec.
-VI-C, Fig. 11) on the consecutive layer pairs of a chain."""
+VI-C, Fig. 11) on the consecutive layer pairs of a chain; per pair also ``targets.json``, the
+AUCs per target concept (what ``ierf graph show --faithfulness`` shows in a node's panel)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ierf.atlas.store import open_atlas
     from ierf.bench.graph import interlayer_validation
+    from ierf.cli.concepts import default_out
     from ierf.cli.graph import check_chain, load_bases, parse_layers
     from ierf.errors import IerfError
     from ierf.viz.curves import save_curves
@@ -57,18 +59,39 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.atlas) / "bench-graph"
     for a, b in pairwise(layers):
         print(f"{a} → {b}: {len(methods)} methods …", file=sys.stderr, flush=True)
-        table, curves = interlayer_validation(model, bases[a], bases[b], x, methods,
-                                              n_targets=args.targets, steps=args.curve_steps,
-                                              n_steps=args.steps,
-                                              min_alignment=args.min_alignment)
+        table, curves, per_target = interlayer_validation(
+            model, bases[a], bases[b], x, methods, n_targets=args.targets,
+            steps=args.curve_steps, n_steps=args.steps, min_alignment=args.min_alignment)
         folder = out / f"{a}-{b}"
         table.write(folder)
         save_curves(curves, folder / "curves.png", table.title)
+        write_targets(folder / "targets.json", per_target.nodes(b), {
+            "model": model.name, "fingerprint": bases[a].fingerprint, "source": a,
+            "target": b, "methods": methods, "n_images": len(x),
+            "targets_per_image": args.targets, "min_alignment": args.min_alignment,
+            "curve_steps": args.curve_steps,
+            "basis_paths": {l: str(default_out(atlas.path, l, args.concepts).resolve())
+                            for l in (a, b)}})
         print(table.markdown())
-        print(f"→ {folder}/table.md, table.csv, figure.png, curves.png")
+        print(f"→ {folder}/table.md, table.csv, figure.png, curves.png, targets.json")
     if args.ground_truth:
         ground_truth(model, bases, args, out)
     return 0
+
+
+def write_targets(path: Path, nodes: dict, settings: dict) -> Path:
+    """``targets.json``: the per-target-concept AUCs (``nodes``, from
+    :meth:`ierf.bench.graph.TargetAUCs.nodes`) with the settings they were measured with."""
+    import json
+
+    from ierf.explorer.faithfulness import FORMAT, VERSION
+    from ierf.io import atomic_path
+
+    data = {"format": FORMAT, "format_version": VERSION,
+            **settings, "nodes": nodes}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1))
+    return path
 
 
 def ground_truth(model, bases: dict, args: argparse.Namespace, out: Path) -> None:

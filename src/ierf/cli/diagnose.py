@@ -93,13 +93,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _classes(args: argparse.Namespace, model: Any, bases: dict, x: Any, stem: str, out: Path,
              method: str) -> int:
+    from ierf.cli.graph import graph_thumbnails
     from ierf.diagnose.pipeline import diagnose_classes
     from ierf.diagnose.report import write_class_report
 
     d = diagnose_classes(model, bases, x, expected=_class(args.expected, model, "--expected"),
                          versus=_class(args.versus, model, "--versus"), k=args.routes,
                          top=args.top, method=method, n_steps=args.steps, image_id=stem)
-    write_class_report(d, out, model.class_names, stem, figures=args.figures)
+    write_class_report(d, out, model.class_names, stem, figures=args.figures,
+                       cards=graph_thumbnails(args.graph))
     names = model.class_names
     p = d.logits.softmax(0)
     print(f"{stem}: predicted {names[d.predicted]} (class {d.predicted}, p = "
@@ -134,6 +136,7 @@ def _classes(args: argparse.Namespace, model: Any, bases: dict, x: Any, stem: st
 
 def _attack(args: argparse.Namespace, model: Any, bases: dict, x: Any, stem: str, out: Path,
             method: str) -> int:
+    from ierf.cli.graph import graph_thumbnails
     from ierf.diagnose.pipeline import diagnose_attack
     from ierf.diagnose.report import write_attack_report
     from ierf.errors import IerfError
@@ -148,7 +151,8 @@ def _attack(args: argparse.Namespace, model: Any, bases: dict, x: Any, stem: str
     d = diagnose_attack(model, bases, x, target, args.attack, args.eps, k=args.routes,
                         top=args.top, method=method, n_steps=args.steps, image_id=stem,
                         **options)
-    write_attack_report(d, out, model.class_names, stem, figures=args.figures)
+    write_attack_report(d, out, model.class_names, stem, figures=args.figures,
+                        cards=graph_thumbnails(args.graph))
     info = d.attack.to_dict(0, model.class_names)
     names = model.class_names
     if not d.success:

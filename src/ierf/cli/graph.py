@@ -186,11 +186,10 @@ def _build(args: argparse.Namespace) -> int:
 
     if rank_world()[0] != 0:
         return 0
-    from ierf.graph import to_json
+    from ierf.graph.export import save_thumbnails
 
     thumbs = atlas_thumbnails(atlas, bases)
-    to_json(graph, Path(args.out) / "graph.json",
-            thumbnails=save_thumbnails(thumbs, Path(args.out)))
+    write_graph_files(graph, Path(args.out), save_thumbnails(thumbs, Path(args.out)))
     figure = write_figures(graph, Path(args.out), thumbs)
     print(graph.summary())
     print(f"→ {Path(args.out) / 'graph.json'}, {figure}")
@@ -277,22 +276,34 @@ def write_figures(graph: Any, out: Path, thumbnails: dict | None = None,
                       routes=routes, title=repr(graph))
 
 
-def save_thumbnails(thumbnails: dict, folder: Path) -> dict[str, list[str]]:
-    """Write node thumbnails ``(3, H, W)`` in [0, 1] as ``folder/thumbnails/<layer>_<k>.png``;
-    node id → ``[path relative to folder]`` (the JSON's ``thumbnails`` field)."""
-    import numpy as np
-    from PIL import Image
+def write_graph_files(graph: Any, out: Path, thumbnails: dict[str, list[str]]) -> None:
+    """``out/graph.json`` and every ``out/per-class/<c>.json`` (written by the build without
+    thumbnails) with the node thumbnails ``thumbnails`` (paths relative to ``out``), each
+    file's paths relative to its own folder."""
+    from ierf.graph import to_json
+    from ierf.graph.dataset import GRAPH, PER_CLASS
+    from ierf.graph.export import from_json, relocate_thumbnails
 
-    from ierf.io import atomic_path
+    to_json(graph, out / GRAPH, thumbnails=thumbnails)
+    for path in sorted((out / PER_CLASS).glob("*.json")):
+        to_json(from_json(path), path,
+                thumbnails=relocate_thumbnails(thumbnails, out, path.parent))
 
-    out = {}
-    for node, image in thumbnails.items():
-        name = "thumbnails/" + "".join(c if c.isalnum() or c in "-." else "_" for c in node)
-        pixels = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255)
-        with atomic_path(folder / f"{name}.png") as tmp:
-            Image.fromarray(pixels.round().astype(np.uint8)).save(tmp, format="PNG")
-        out[node] = [f"{name}.png"]
-    return out
+
+def graph_thumbnails(path: str | Path) -> dict[str, list[str]]:
+    """Node id → the absolute paths of its thumbnails in a built graph (folder or JSON)
+    that exist; ``{}`` when it has none (what `diagnose` adds to its per-image graphs)."""
+    import json
+
+    from ierf.graph.dataset import GRAPH
+
+    path = Path(path)
+    path = path / GRAPH if path.is_dir() else path
+    nodes = json.loads(path.read_text()).get("nodes", [])
+    found = {n["node_id"]: [str((path.parent / p).resolve()) for p in n.get("thumbnails", [])]
+             for n in nodes}
+    return {k: [p for p in v if Path(p).is_file()] for k, v in found.items()
+            if any(Path(p).is_file() for p in v)}
 
 
 def atlas_thumbnails(atlas: Any, bases: dict) -> dict:
@@ -349,6 +360,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ierf.diagnose.report import node_images
     from ierf.errors import IerfError
     from ierf.graph import build_graph, to_json
     from ierf.graph.routes import locate_nodes, trace_routes
@@ -379,7 +391,8 @@ def _explain(args: argparse.Namespace) -> int:
                                + [i for l in pruned.nodes for i in pruned.node_ids(l)[:-1]]))
     where = locate_nodes(model, x, bases, nodes)
     thumbs = node_thumbnails(image, where)
-    to_json(graph, out / "graph.json", thumbnails=save_thumbnails(thumbs, out))
+    to_json(graph, out / "graph.json",
+            thumbnails=node_images(out, image, where, graph_thumbnails(args.graph)))
     with atomic_path(out / "routes.json") as tmp:
         Path(tmp).write_text(json.dumps([r.to_dict() for r in routes], indent=1))
     name = model.class_names[target]

@@ -28,6 +28,9 @@ def add_show_parser(graph_subparsers: argparse._SubParsersAction) -> argparse.Ar
                    "graphs), edges coloured by change, nodes of only one graph marked")
     s.add_argument("--names", metavar="A,B", help="what to call GRAPH and GRAPH_B in a diff "
                    "page (default: their file or folder names)")
+    s.add_argument("--faithfulness", metavar="DIR", help="output folder of `ierf bench "
+                   "graph` on the graph's atlas: each concept's panel shows the interlayer "
+                   "C-deletion / C-insertion AUCs of its incoming edges (Sec. VI-C)")
     s.set_defaults(run=run_show)
     return s
 
@@ -50,13 +53,15 @@ def run_show(args: argparse.Namespace) -> int:
                                                            else "graph.html")
     routes = False if args.no_routes else args.routes
     done = export_html(source, out, routes=routes, images=args.images, title=args.title,
-                       diff=args.diff, names=names)
+                       diff=args.diff, names=names, faithfulness=args.faithfulness)
     for line in done.warnings:
         print(f"ierf: note: {line}", file=sys.stderr)
     parts = [f"{done.nodes} nodes", f"{done.links} edges",
              f"{done.thumbnails} with thumbnails"]
     if done.routes:
         parts.append(f"{done.routes} routes")
+    if done.faithful:
+        parts.append(f"{done.faithful} with edge faithfulness")
     if done.supernodes:
         parts.append(f"supernodes in {', '.join(done.supernodes)}")
     if done.diff:

@@ -59,7 +59,8 @@ class ClassDiagnosis:
     classes : ``[predicted]`` or ``[predicted, other]``.
     graph : the per-image concept graph with those class nodes.
     routes : class → its ``k`` strongest routes.
-    locations : the routes' nodes and the class nodes located in the image.
+    locations : the routes' nodes, the pruned graph's concepts and the class nodes located
+        in the image.
     region_maps : (n, H, W) per class, its routes' node iERFs summed (unit mass;
         :func:`ierf.diagnose.regions.route_region_map`).
     saliency : (n, H, W) per class, its SRD map.
@@ -192,7 +193,8 @@ def class_routes(model: Model, bases: Mapping[str, ConceptBasis], x: torch.Tenso
     """One image's graph with class nodes ``classes``, each class's ``k`` strongest routes,
     their nodes located (SRD iERFs), each class's route region map and SRD map; with two
     classes and ``compare_top``, also their :class:`ClassComparison` (its listed concepts
-    located too)."""
+    located too). The concepts of the pruned graph (top 5 per class, as in ``graph.png``)
+    are located as well, so that every drawn node can show where it is active."""
     graph = build_graph(model, bases, x, classes, method, n_steps=n_steps,
                         image_ids=[image_id], progress=False)
     comparison = None
@@ -205,6 +207,8 @@ def class_routes(model: Model, bases: Mapping[str, ConceptBasis], x: torch.Tenso
                                                    for n in r.nodes[:-1]]
     nodes += [e.node for e in (comparison.shared + comparison.favour_a + comparison.favour_b
                                if comparison else [])]
+    shown = graph.prune(top_k_per_class=5, top_shared=3, top_parents=3)   # as graph.png
+    nodes += [i for layer in shown.nodes for i in shown.node_ids(layer)[:-1]]
     where = locate_nodes(model, x, bases, list(dict.fromkeys(nodes)), engine=engine)
     regions = torch.stack([route_region_map(routes[c], where) if routes[c] else
                            torch.zeros(x.shape[-2:]) for c in classes])

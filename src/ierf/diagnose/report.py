@@ -10,14 +10,16 @@ The I/O edge of :mod:`ierf.diagnose`. Files written (atomically) into ``out``:
   concepts' iERFs, the target's SRD map), ``routes-attacked.png``, ``diff-graph.png`` and
   ``diff-graph.json`` (attacked − clean), ``graph-clean.json``, ``graph-attacked.json``,
   ``diagnosis.json``, ``diagnosis.md``; a failed attack writes ``attack.png``,
-  ``diagnosis.json`` and ``diagnosis.md`` only.
+  ``diagnosis.json`` and ``diagnosis.md`` only;
+- ``thumbnails/``: the graphs' node thumbnails (:func:`node_images`), so that their explorer
+  pages show pixels.
 """
 
 from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,10 @@ from ierf.diagnose.pipeline import AttackDiagnosis, ClassDiagnosis
 from ierf.diagnose.regions import halves, mass_share
 from ierf.graph import to_json
 from ierf.graph.concept_graph import ConceptGraph
-from ierf.graph.routes import Route
+from ierf.graph.export import relocate_thumbnails, save_thumbnails
+from ierf.graph.routes import NodeLocations, Route
 from ierf.io import atomic_path
-from ierf.viz.graph import draw_graph, draw_routes, save
+from ierf.viz.graph import draw_graph, draw_routes, node_thumbnails, save
 from ierf.viz.overlay import PHASE_SPREAD, phase_spread, pooled, show
 
 #: routes per class drawn node by node (all ``k`` are in the JSON and the Markdown)
@@ -74,6 +77,19 @@ def _graph_png(graph: ConceptGraph, path: Path, routes: Sequence[Route], title: 
     return draw_graph(pruned, path, routes=shown, title=title)
 
 
+def node_images(out: Path, image: torch.Tensor | None = None,
+                locations: NodeLocations | None = None,
+                cards: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+    """The ``thumbnails`` of a per-image graph written into ``out`` (paths relative to it):
+    per located node, the image dimmed outside its iERF (as `ierf graph explain` writes
+    them, in ``out/thumbnails/``), then its data-set concept card from ``cards`` (node id →
+    absolute paths, e.g. :func:`ierf.cli.graph.graph_thumbnails` of the data-set graph)."""
+    mine = ({} if locations is None or image is None else
+            save_thumbnails(node_thumbnails(image, locations), out))
+    theirs = relocate_thumbnails(cards or {}, out, out)
+    return {n: [*mine.get(n, []), *theirs.get(n, [])] for n in dict.fromkeys([*mine, *theirs])}
+
+
 def region_shares(maps: torch.Tensor, names: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per class, its route region map's mass share on the image's left / right / top /
     bottom half (chance 0.5 each; :func:`ierf.diagnose.regions.mass_share`)."""
@@ -104,9 +120,11 @@ def _route_md(r: Route, kinds: Sequence[str] = ()) -> str:
 
 
 def write_class_report(d: ClassDiagnosis, out: str | Path, class_names: Sequence[str],
-                       image_id: str = "image", *, figures: bool = True) -> dict[str, Any]:
+                       image_id: str = "image", *, figures: bool = True,
+                       cards: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Write the two-class diagnosis (module docstring; ``figures=False``: JSON and Markdown
-    only); returns the JSON written."""
+    only); returns the JSON written. The graph's nodes carry :func:`node_images`
+    (``cards``: the data-set graph's thumbnails)."""
     out = Path(out)
     names = [class_names[c] for c in d.classes]
     probs = d.logits.softmax(0)
@@ -122,7 +140,8 @@ def write_class_report(d: ClassDiagnosis, out: str | Path, class_names: Sequence
                         title=f"{image_id}: routes to {' and to '.join(names)}")
         _graph_png(d.graph, out / "graph.png", [r for c in d.classes for r in d.routes[c]],
                    f"{image_id}: {' vs '.join(names)}")
-    to_json(d.graph, out / "graph.json")
+    to_json(d.graph, out / "graph.json",
+            thumbnails=node_images(out, d.image, d.locations, cards))
     summary: dict[str, Any] = {
         "image": image_id, "model": d.graph.metadata.get("model"),
         "predicted": names[0], "predicted_index": d.predicted,
@@ -174,9 +193,12 @@ def _class_md(d: ClassDiagnosis, names: list[str], probs: torch.Tensor,
 
 
 def write_attack_report(d: AttackDiagnosis, out: str | Path, class_names: Sequence[str],
-                        image_id: str = "image", *, figures: bool = True) -> dict[str, Any]:
+                        image_id: str = "image", *, figures: bool = True,
+                        cards: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Write the attack diagnosis (module docstring; ``figures=False``: JSON and Markdown
-    only); returns the JSON written."""
+    only); returns the JSON written. The clean graph's nodes carry their data-set
+    ``cards``; the attacked and the diff graph's also where they are active in the attacked
+    image (:func:`node_images`)."""
     out = Path(out)
     a = d.attack
     clean, adv = a.clean[0].cpu(), a.adversarial[0].cpu()
@@ -201,9 +223,10 @@ def write_attack_report(d: AttackDiagnosis, out: str | Path, class_names: Sequen
         summary["comparison"] = c.to_dict()
         summary["energy_overlap"] = {"share": d.energy_share, "chance": d.chance,
                                      "localised": d.energy_localised}
-        to_json(d.graphs[0], out / "graph-clean.json")
-        to_json(d.graphs[1], out / "graph-attacked.json")
-        to_json(c.diff, out / "diff-graph.json")
+        attacked = node_images(out, adv, d.locations, cards)
+        to_json(d.graphs[0], out / "graph-clean.json", thumbnails=node_images(out, cards=cards))
+        to_json(d.graphs[1], out / "graph-attacked.json", thumbnails=attacked)
+        to_json(c.diff, out / "diff-graph.json", thumbnails=attacked)
         if figures:
             _graph_png(c.diff, out / "diff-graph.png", c.routes_attacked,
                        f"{image_id}: attacked − clean")

@@ -14,6 +14,7 @@ from ierf.explorer.document import (
     load_hierarchy,
     load_routes,
 )
+from ierf.explorer.faithfulness import load_faithfulness
 from ierf.explorer.images import collect
 from ierf.explorer.page import render_page
 from ierf.io import atomic_path
@@ -37,6 +38,7 @@ class Export:
     supernodes : the layers whose nodes the page can collapse into their bisecting k-means
         parents (those with a split tree).
     diff : ``"<B> - <A>"`` for a diff page, else ``None``.
+    faithful : how many concept nodes show the faithfulness of their incoming edges.
     """
 
     path: Path
@@ -48,12 +50,13 @@ class Export:
     warnings: list[str] = field(default_factory=list)
     supernodes: list[str] = field(default_factory=list)
     diff: str | None = None
+    faithful: int = 0
 
 
 def export_html(graph: str | Path, out: str | Path, *, routes: str | Path | bool | None = None,
                 images: Literal["embed", "folder"] = "embed", title: str | None = None,
-                diff: str | Path | None = None, names: tuple[str, str] | None = None
-                ) -> Export:
+                diff: str | Path | None = None, names: tuple[str, str] | None = None,
+                faithfulness: str | Path | None = None) -> Export:
     """Write the explorer page of ``graph`` to ``out`` (atomically).
 
     Parameters
@@ -70,6 +73,9 @@ def export_html(graph: str | Path, out: str | Path, *, routes: str | Path | bool
         :func:`ierf.explorer.document.diff_documents`); routes only when given.
     names : what to call ``graph`` and ``diff`` in the page (default: their file or folder
         names).
+    faithfulness : the output folder of ``ierf bench graph`` (or one of its
+        ``targets.json``): each concept's panel shows the interlayer C-deletion /
+        C-insertion AUCs of its incoming edges (:mod:`ierf.explorer.faithfulness`).
     """
     out = Path(out)
     if out.is_dir():
@@ -86,20 +92,24 @@ def export_html(graph: str | Path, out: str | Path, *, routes: str | Path | bool
     route_file = _route_file(path, routes)
     trees, tree_notes = load_hierarchy(doc)
     found = load_routes(route_file, doc) if route_file else None
+    faithful, faith_notes = (load_faithfulness(faithfulness, doc) if faithfulness is not None
+                             else (None, []))
     folder = out.parent / f"{out.stem}_files" if images == "folder" else None
     thumbs = collect(doc["nodes"], path.parent, images, folder)
     missing = _missing(thumbs.missing)
     payload: dict[str, Any] = {
         "explorer": {"version": PAYLOAD_VERSION, "graph_file": path.name,
                      "routes_file": None if route_file is None else route_file.name,
-                     "warnings": missing + tree_notes},
-        "graph": doc, "images": thumbs.urls, "routes": found, "hierarchy": trees}
+                     "warnings": missing + tree_notes + faith_notes},
+        "graph": doc, "images": thumbs.urls, "routes": found, "hierarchy": trees,
+        "faithfulness": faithful}
     page = render_page(payload, title or _title(doc))
     with atomic_path(out) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return Export(out, len(doc["nodes"]), len(doc["links"]), len(thumbs.urls), folder,
-                  len(found or []), _content(doc, len(thumbs.urls)) + missing + tree_notes,
-                  sorted(trees), label)
+                  len(found or []),
+                  _content(doc, len(thumbs.urls)) + missing + tree_notes + faith_notes,
+                  sorted(trees), label, len(faithful["nodes"]) if faithful else 0)
 
 
 def _names(a: Path, b: Path) -> tuple[str, str]:

@@ -27,6 +27,7 @@ mean logit.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,31 @@ def to_dict(graph: ConceptGraph, slug: str,
          "linkType": "both", "clickedId": "",
          "sg_pos": "", "pruning": graph.metadata.get("pruning")}
     return {"metadata": meta, "qParams": q, "nodes": nodes, "links": links}
+
+
+def save_thumbnails(thumbnails: Mapping[str, torch.Tensor],
+                    folder: str | Path) -> dict[str, list[str]]:
+    """Write node thumbnails ``(3, H, W)`` in [0, 1] as ``folder/thumbnails/<layer>_<k>.png``;
+    node id → ``[path relative to folder]`` (the ``thumbnails`` argument of :func:`to_json`)."""
+    import numpy as np
+    from PIL import Image
+
+    out = {}
+    for node, image in thumbnails.items():
+        name = "thumbnails/" + "".join(c if c.isalnum() or c in "-." else "_" for c in node)
+        pixels = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255)
+        with atomic_path(Path(folder) / f"{name}.png") as tmp:
+            Image.fromarray(pixels.round().astype(np.uint8)).save(tmp, format="PNG")
+        out[node] = [f"{name}.png"]
+    return out
+
+
+def relocate_thumbnails(thumbnails: Mapping[str, Sequence[str]], source: str | Path,
+                        target: str | Path) -> dict[str, list[str]]:
+    """Thumbnail paths relative to folder ``source`` (or absolute) made relative to folder
+    ``target``: the same files, named from a JSON written elsewhere."""
+    return {node: [os.path.relpath(Path(source, p), target) for p in paths]
+            for node, paths in thumbnails.items()}
 
 
 def from_json(path: str | Path) -> ConceptGraph:

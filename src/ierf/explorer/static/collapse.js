@@ -113,6 +113,18 @@ class Hierarchy {
     return this.normalize([...keys, ...more]);
   }
 
+  /** Collapsed clusters after expanding, level by level, those that hold concept `id`
+   *  until it is a node of its own (the rest of each cluster stays collapsed). */
+  reveal(id, keys) {
+    let out = keys;
+    for (let owner = this.ownerOf(id, new Set(out)); owner; owner = this.ownerOf(id, new Set(out))) {
+      const next = this.expand(owner, out);
+      if (next.join(" ") === out.join(" ")) break;
+      out = next;
+    }
+    return out;
+  }
+
   /** Collapsed clusters after expanding cluster `key` one level: its two sub-clusters
    *  (descending past splits that leave all of its graph concepts on one side), each a
    *  cluster again if it holds at least two of them, else its one concept. */

@@ -1,7 +1,8 @@
 // The side panel: the graph's summary (with routes, supernode controls and pins) when
 // nothing is selected; a node's card when one is: thumbnails, coefficient statistics (with
-// both graphs' values in a diff), class importances, collapse / expand, and its strongest
-// incoming and outgoing edges. Also the hover tooltip.
+// both graphs' values in a diff), class importances, the faithfulness of its incoming edges
+// (from `ierf bench graph`), collapse / expand, and its strongest incoming and outgoing
+// edges. Also the hover tooltip.
 
 const PANEL_EDGES = 12;
 const PANEL_CLASSES = 20;
@@ -108,6 +109,7 @@ function nodeCard(app, n) {
   add("influence Σ|importance|", fmt(n.influence));
   add("edges in / out", `${n.in.length} / ${n.out.length}`);
   out.push(stats);
+  out.push(...faithfulnessCard(app, n));
   if (r.diff_sides) out.push(el("h3", {}, `Both graphs (${app.model.diff})`), sidesTable(r.diff_sides));
   if (Array.isArray(r.importance) && r.importance.length) {
     out.push(el("h3", {}, "Class importance"), importanceBars(app, r.importance));
@@ -122,6 +124,37 @@ function nodeCard(app, n) {
   out.push(el("h3", {}, `Incoming edges (${n.in.length})`), edgeList(app, n.in, "source"));
   out.push(el("h3", {}, `Outgoing edges (${n.out.length})`), edgeList(app, n.out, "target"));
   return out;
+}
+
+/** The interlayer C-deletion / C-insertion AUCs of concept `n`'s incoming edges (IERF
+ *  Sec. VI-C1, measured by `ierf bench graph`; payload.faithfulness), the graph's ICAT
+ *  method first, with what they mean. */
+function faithfulnessCard(app, n) {
+  const f = app.payload.faithfulness;
+  const pair = f && n.kind === "concept" && !n.raw.supernode
+    ? f.pairs.find((p) => p.target === n.raw.layer_name) : null;
+  if (!pair) return [];
+  const head = el("h3", {}, "Faithfulness of incoming edges");
+  const entry = f.nodes[n.id];
+  if (!entry) {
+    return [head, el("p", { class: "muted faithfulness" }, "Not measured: `ierf bench graph` " +
+      `took the ${pair.targets_per_image} most important concepts of each of its ` +
+      `${pair.n_images} images as targets, and this was none of them.`)];
+  }
+  const methods = [f.method, ...Object.keys(entry.deletion).sort()]
+    .filter((m, i, all) => m in entry.deletion && all.indexOf(m) === i);
+  return [head,
+    el("table", { class: "sides faithfulness" },
+      el("tr", {}, el("th", {}, "ICAT method"), el("th", {}, "C-deletion AUC ↓"),
+        el("th", {}, "C-insertion AUC ↑")),
+      methods.map((m) => el("tr", { "data-method": m },
+        el("td", {}, m === f.method ? el("b", {}, `${m} (these edges)`) : m),
+        el("td", {}, fmt(entry.deletion[m])), el("td", {}, fmt((entry.insertion || {})[m]))))),
+    el("p", { class: "muted" }, `Interlayer C-deletion / C-insertion (IERF Sec. VI-C), mean ` +
+      `over ${entry.pairs} (image, target) pair(s) of \`ierf bench graph\`: this concept's ` +
+      `parents in ${entry.source} are deleted from (inserted into) the image in the order ` +
+      "of its incoming edges while its presence here is followed. Lower deletion AUC / " +
+      "higher insertion AUC = the edges rank the parents faithfully (compare with random).")];
 }
 
 function row(key, value) {
