@@ -1,17 +1,24 @@
-"""PFV–iERF atlas build rate (samples/s) against a plain forward and the SRD relevance pass.
+"""PFV–iERF atlas build rate (samples/s): one shared forward pass per batch against one per
+layer, and against a plain forward.
 
-    python benchmarks/bench_atlas_build.py [--models resnet50 efficientnet_lite0] [--images 16]
-        [--batch 8] [--samples-per-image 1] [--ierf-downsample 4] [--device cpu]
+    python benchmarks/bench_atlas_build.py [--models toy-resnet efficientnet_lite0]
+        [--images 16] [--batch 8] [--samples-per-image 1] [--ierf-downsample 4]
+        [--repeats 3] [--device cpu]
 
-Builds an atlas (IERF Sec. III-D) of ``--images`` 224² images (the bundled photos, repeated
-and flipped to the count) over two layers (ResNet50 with random weights: layer2, layer3;
-EfficientNet-Lite0: blocks.2, blocks.4), end to end with image loading and shard writing,
-and measures in the same process, on the same preprocessed batches:
+Builds an atlas (IERF Sec. III-D) end to end, image loading and shard writing included:
+toy-resnet on ``--images`` synthetic-benchmark scenes (layer1, layer2, layer3) and
+EfficientNet-Lite0 on ``--images`` 224² photos (the bundled photos, repeated and mirrored to
+the count; blocks.2, blocks.4), and optionally ResNet50 with random weights on the same
+photos (layer2, layer3). In the same process, interleaved, median of ``--repeats``:
 
-- forward: the plain forward pass,
-- relevance: the SRD relevance pass for both layers (what the sampling needs),
+- shared: SRD's ``forward_pass``, one forward per batch whose graph serves the relevance and
+  every layer's iERFs (what ``ierf atlas build`` does);
+- separate: the same SRD behind an engine without ``forward_pass`` (its relevance pass, then
+  ``ierfs`` with a forward pass of its own per layer: the build before the shared pass);
+- forward: the plain forward passes of the same images (the floor).
 
-printing samples/s and the ratios build / forward and build / relevance.
+Both builds must store the same atlas (checked). Prints samples/s, the speed-up, and
+build / forward.
 """
 
 from __future__ import annotations
@@ -31,13 +38,31 @@ import ierf
 from ierf.atlas import build_atlas
 from ierf.atlas.store import load_atlas_model
 from ierf.data.images import BUNDLED_PHOTOS
+from ierf.data.sources import image_ids, load_images, parse_source
 
-LAYERS = {"resnet50": ["layer2", "layer3"], "efficientnet_lite0": ["blocks.2", "blocks.4"]}
-WEIGHTS = {"resnet50": "random:0", "efficientnet_lite0": "pretrained"}
+SETUPS = {  # model: (weights, layers, images)
+    "toy-resnet": ("pretrained", ["layer1", "layer2", "layer3"], "benchmark"),
+    "efficientnet_lite0": ("pretrained", ["blocks.2", "blocks.4"], "photos"),
+    "resnet50": ("random:0", ["layer2", "layer3"], "photos"),
+}
 
 
-def image_folder(n: int, folder: Path) -> Path:
+class SeparatePassesSRD:
+    """SRD without ``forward_pass``: the atlas falls back to a forward pass per layer."""
+
+    def __init__(self, srd: ierf.SRD) -> None:
+        self.name, self._srd = srd.name, srd
+
+    def relevance(self, x, target=None, layers=()):
+        return self._srd.relevance(x, target, layers)
+
+    def ierfs(self, x, targets, internal_batch_size=16):
+        return self._srd.ierfs(x, targets, internal_batch_size)
+
+
+def photo_folder(n: int, folder: Path) -> Path:
     """``n`` PNGs: the bundled photos, then their mirror images, then again."""
+    folder.mkdir()
     photos = [np.asarray(ierf.load_image(p)) for p in BUNDLED_PHOTOS]
     for i in range(n):
         a = photos[i % len(photos)]
@@ -46,72 +71,81 @@ def image_folder(n: int, folder: Path) -> Path:
     return folder
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def same_atlas(a: ierf.atlas.Atlas, b: ierf.atlas.Atlas) -> None:
+    assert a.images == b.images and len(a) == len(b)
+    for layer in a.layers:
+        ra, rb = a.records(layer), b.records(layer)
+        assert all(torch.equal(ra[k], rb[k]) for k in ra if k != "contribution"), layer
+        for x, y in ((a.pfvs(layer), b.pfvs(layer)), (a.ierfs(layer), b.ierfs(layer)),
+                     (ra["contribution"], rb["contribution"])):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
-def bench(name: str, folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    model = load_atlas_model(name, WEIGHTS[name])
+def bench(name: str, tmp: Path, args: argparse.Namespace) -> dict[str, float]:
+    weights, layers, kind = SETUPS[name]
+    model = load_atlas_model(name, weights)
     model.net.to(args.device)
-    layers = LAYERS[name]
-    files = sorted(folder.glob("*.png"))
-    x = torch.cat([model.preprocess(ierf.load_image(f)) for f in files]).to(args.device)
-    batches = x.split(args.batch)
-    srd = ierf.SRD(model)
+    source = ("benchmark:0:train" if kind == "benchmark" else
+              str(photo_folder(args.images, tmp / f"photos-{name}")))
+    ids = image_ids(parse_source(source), args.images)
+    x = load_images(parse_source(source), ids, model).to(args.device)
+    counter = iter(range(10**6))
+    atlases = {}
+
+    def build(label: str, engine: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            atlases[label] = build_atlas(
+                model, source, layers, tmp / f"{name}-{label}-{next(counter)}", n=args.images,
+                samples_per_image=args.samples_per_image, batch_size=args.batch,
+                ierf_downsample=args.ierf_downsample, device=args.device, engine=engine(),
+                weights=weights, progress=False)
+        return run
 
     def forward() -> None:
         with torch.no_grad():
-            for b in batches:
+            for b in x.split(args.batch):
                 model(b)
 
-    def relevance() -> None:
-        for b in batches:
-            srd.relevance(b, None, layers=layers)
-
-    counter = iter(range(10**6))
-
-    def build() -> None:
-        with tempfile.TemporaryDirectory() as out:
-            build_atlas(model, folder, layers, Path(out) / f"atlas{next(counter)}",
-                        samples_per_image=args.samples_per_image, batch_size=args.batch,
-                        ierf_downsample=args.ierf_downsample, weights=WEIGHTS[name],
-                        progress=False)
-
-    t_fwd, t_rel, t_build = (timed(f, args.repeats) for f in (forward, relevance, build))
-    samples = len(files) * len(layers) * args.samples_per_image
-    return {"forward": t_fwd, "relevance": t_rel, "build": t_build, "samples": samples}
+    runs = {"shared": build("shared", lambda: ierf.SRD(model)),
+            "separate": build("separate", lambda: SeparatePassesSRD(ierf.SRD(model))),
+            "forward": forward}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for r in range(args.repeats):
+        for label in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            start = time.perf_counter()
+            runs[label]()
+            times[label].append(time.perf_counter() - start)
+    same_atlas(atlases["shared"], atlases["separate"])
+    t = {k: statistics.median(v) for k, v in times.items()}
+    return {**t, "samples": len(atlases["shared"]), "layers": ",".join(layers)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    p.add_argument("--models", nargs="+", default=["toy-resnet", "efficientnet_lite0"],
+                   choices=list(SETUPS))
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--samples-per-image", type=int, default=1)
     p.add_argument("--ierf-downsample", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}; "
-          f"{args.images} images 224², batch {args.batch}, {args.samples_per_image} sample(s) per "
-          f"image and layer, iERFs ÷{args.ierf_downsample}")
-    print("| model | layers | samples | forward s | SRD relevance s | build s | samples/s "
-          "| build / forward | build / relevance |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"{args.images} images, batch {args.batch}, {args.samples_per_image} sample(s) per "
+          f"image and layer, iERFs ÷{args.ierf_downsample}, median of {args.repeats}")
+    print("| model | layers | samples | forward s | separate passes s | shared pass s | "
+          "separate samples/s | shared samples/s | speed-up | shared / forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = image_folder(args.images, Path(tmp))
         for name in args.models:
-            r = bench(name, folder, args)
-            print(f"| {name} | {','.join(LAYERS[name])} | {r['samples']} | {r['forward']:.2f} | "
-                  f"{r['relevance']:.2f} | {r['build']:.2f} | {r['samples'] / r['build']:.1f} | "
-                  f"{r['build'] / r['forward']:.1f}× | {r['build'] / r['relevance']:.1f}× |",
+            r = bench(name, Path(tmp), args)
+            print(f"| {name} | {r['layers']} | {r['samples']} | {r['forward']:.2f} | "
+                  f"{r['separate']:.2f} | {r['shared']:.2f} | "
+                  f"{r['samples'] / r['separate']:.1f} | {r['samples'] / r['shared']:.1f} | "
+                  f"{r['separate'] / r['shared']:.2f}× | {r['shared'] / r['forward']:.1f}× |",
                   flush=True)
 
 

@@ -17,9 +17,11 @@ from PIL import Image
 
 import ierf
 from ierf.atlas import build_atlas, open_atlas
+from ierf.atlas.sampling import atlas_samples
 from ierf.atlas.store import MANIFEST, load_atlas_model
 from ierf.cli import main
 from ierf.data.synthetic import generate
+from ierf.models.hooks import forward_hooks
 
 N = 16
 LAYERS = ["layer1", "layer2", "layer3"]
@@ -116,6 +118,55 @@ def test_vit_positions_index_the_patch_grid_without_the_cls_token(tmp_path):
                                     ["blocks.1"])["blocks.1"][:, 1:].sum(-1)  # (B, 64)
     torch.testing.assert_close(a.records("blocks.1")["contribution"],
                                token_relevance[r["image"], r["position"]], rtol=1e-4, atol=1e-6)
+
+
+class SeparatePasses:
+    """The engine without ``forward_pass``: relevance, then a forward pass per layer's iERFs."""
+
+    def __init__(self, engine) -> None:
+        self.name, self._engine = engine.name, engine
+
+    def relevance(self, x, target=None, layers=()):
+        return self._engine.relevance(x, target, layers)
+
+    def ierfs(self, x, targets, internal_batch_size=16):
+        return self._engine.ierfs(x, targets, internal_batch_size)
+
+
+@pytest.mark.parametrize("name, method, layers", [("toy-resnet", "srd", LAYERS),
+                                                  ("toy-vit", "attnlrp", ["blocks.0", "blocks.2"])])
+def test_a_batch_costs_one_forward_pass_and_gives_the_separate_passes_samples(
+        toy, name, method, layers):
+    model = toy if name == "toy-resnet" else ierf.load_model(name)
+    engine = ierf.attributor(method, model)
+    x = benchmark_inputs(model, 3, 5, "test")
+    args = (x, [0, 1, 2], layers, 2, 0, 2, 3)
+    for warm in (engine, SeparatePasses(engine)):  # SRD's image-independent bias passes, cached
+        atlas_samples(model, warm, *args)
+    passes = []
+    with forward_hooks([(model.module(layers[0]), lambda *_: passes.append(1))]):
+        shared = atlas_samples(model, engine, *args)
+        assert len(passes) == 1
+        separate = atlas_samples(model, SeparatePasses(engine), *args)
+        assert len(passes) == 1 + 1 + len(layers)
+    for layer in layers:
+        assert shared[layer].keys() == separate[layer].keys()
+        for key, value in shared[layer].items():  # the same ops: the same numbers
+            torch.testing.assert_close(value, separate[layer][key], rtol=0, atol=0)
+
+
+def test_the_srd_pass_explains_any_class_as_relevance_does(toy):
+    x = benchmark_inputs(toy, 2, 6, "test")
+    srd = ierf.SRD(toy)
+    run = srd.forward_pass(x, ["layer2"])
+    for target in (3, None):
+        want = srd.relevance(x, target, layers=["layer2"])
+        got = run.relevance(target)
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    with pytest.raises(ierf.IerfError, match="not 'layer1'.*forward_pass"):
+        run.ierfs([ierf.PFVTarget("layer1", 0)])
 
 
 def test_relevance_weighted_samples_sit_on_the_class_determining_parts(atlas):

@@ -12,6 +12,7 @@ from scipy import stats
 import ierf
 from ierf.atlas.sampling import area_downsample, image_seed, sample_positions
 from ierf.atlas.store import MANIFEST, ShardWriter, open_atlas, prepare_atlas
+from ierf.atlas.verify import verify_atlas
 
 LAYERS = ["a", "b"]
 C, H = 5, 4
@@ -56,7 +57,7 @@ def concat(parts: list[dict[str, dict[str, torch.Tensor]]], layer: str) -> dict[
 
 def test_shards_of_two_ranks_read_back_merged_in_image_order(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    assert prepare_atlas(tmp_path, meta(), IDS) == 0
+    assert prepare_atlas(tmp_path, meta(), IDS).done == 0
     batches = {0: [[0, 2], [4]], 1: [[1, 3], [5]]}
     written = []
     with ShardWriter(tmp_path, rank=1) as w1, ShardWriter(tmp_path, rank=0) as w0:
@@ -103,7 +104,7 @@ def test_a_crash_between_shard_rename_and_manifest_commit_leaves_no_visible_shar
     with pytest.raises(ierf.IerfError, match="incomplete .2 of 6.*re-run"):
         open_atlas(tmp_path)
     monkeypatch.undo()
-    assert prepare_atlas(tmp_path, meta(created="later"), IDS) == 2  # the resume step
+    assert prepare_atlas(tmp_path, meta(created="later"), IDS).done == 2  # the resume step
     assert not orphan.exists() and not list(tmp_path.glob(".shard-*"))
     with ShardWriter(tmp_path) as w:
         assert w.pending() == [2, 3, 4, 5]
@@ -134,10 +135,54 @@ def test_a_different_build_in_the_same_folder_is_refused_unless_overwritten(tmp_
                         ({"model": "toy-vgg"}, "model")):
         with pytest.raises(ierf.IerfError, match=f"{key}.*--out.*--overwrite"):
             prepare_atlas(tmp_path, meta(**change), IDS)
-    with pytest.raises(ierf.IerfError, match="image list differs"):
-        prepare_atlas(tmp_path, meta(), IDS[:5] + ["x"])
-    assert prepare_atlas(tmp_path, meta(model="toy-vgg"), IDS, overwrite=True) == 0
+    changed = prepare_atlas(tmp_path, meta(), IDS[:5] + ["x"])  # another image set resumes
+    assert (changed.new, changed.gone, changed.total) == (1, 0, 6)
+    assert prepare_atlas(tmp_path, meta(model="toy-vgg"), IDS, overwrite=True).done == 0
     assert open_atlas(tmp_path, partial=True).meta["model"] == "toy-vgg"
+
+
+def test_images_leaving_and_rejoining_the_set_keep_their_samples(tmp_path):
+    gen = torch.Generator().manual_seed(5)
+    prepare_atlas(tmp_path, meta(), IDS)
+    with ShardWriter(tmp_path) as w:
+        w.write([0, 1, 2], fake_samples([0, 1, 2], gen))
+        w.skip({3: "cannot identify image file"})
+    written = fake_samples([0, 1, 2], torch.Generator().manual_seed(5))
+    # image "0" gone, "2" changed, "x" new; "3" (skipped, unchanged) stays skipped
+    changes = prepare_atlas(tmp_path, meta(), ["1", "2", "3", "x"], ["", "edited", "", ""])
+    assert (changes.total, changes.done, changes.new, changes.changed, changes.gone) == \
+        (4, 2, 1, 1, 1)
+    with ShardWriter(tmp_path) as w:
+        assert w.ids(w.pending()) == ["2", "x"]
+    partial = open_atlas(tmp_path, partial=True)
+    assert partial.images == ["1", "2", "x"] and partial.skipped == {"3": "cannot identify image file"}
+    assert partial.done == 1  # "1"; the samples of "0" and of the old "2" are no longer read
+    image = written["a"]["image"]
+    torch.testing.assert_close(partial.pfvs("a"), written["a"]["pfv"][image == 1], rtol=0, atol=0)
+    assert partial.records("b")["image"].tolist() == [0] and verify_atlas(tmp_path).ok
+    back = prepare_atlas(tmp_path, meta(), IDS[:3])  # the first run's images, unchanged
+    assert (back.done, back.restored, back.gone) == (3, 2, 0)
+    atlas = open_atlas(tmp_path)
+    for layer in LAYERS:
+        torch.testing.assert_close(atlas.pfvs(layer), written[layer]["pfv"], rtol=0, atol=0)
+        assert torch.equal(atlas.records(layer)["image"], written[layer]["image"])
+
+
+def test_a_manifest_from_before_changing_image_sets_reads_and_resumes(tmp_path):
+    gen = torch.Generator().manual_seed(6)
+    prepare_atlas(tmp_path, meta(), IDS)
+    with ShardWriter(tmp_path) as w:
+        w.write([0, 1, 2, 3, 4, 5], written := fake_samples(list(range(6)), gen))
+    con = sqlite3.connect(tmp_path / MANIFEST)
+    for column in ("pos", "sha256", "skipped"):
+        con.execute(f"ALTER TABLE images DROP COLUMN {column}")
+    con.commit()
+    con.close()
+    old = open_atlas(tmp_path)
+    assert old.images == IDS and old.skipped == {} and verify_atlas(tmp_path).ok
+    torch.testing.assert_close(old.pfvs("a"), written["a"]["pfv"], rtol=0, atol=0)
+    assert prepare_atlas(tmp_path, meta(), IDS).done == 6  # columns added, rows kept
+    assert open_atlas(tmp_path).images == IDS
 
 
 def test_missing_and_foreign_folders_say_how_to_build(tmp_path):
@@ -156,7 +201,7 @@ def test_sampling_frequencies_follow_the_positive_contributions():
     contribution[0, :3] = torch.tensor([-1.0, 0.0, -0.5])
     draws = 12000
     pos, counts = sample_positions(contribution.expand(draws, -1), 1,
-                                   [image_seed(7, i, "layer") for i in range(draws)])
+                                   [image_seed(7, str(i), "layer") for i in range(draws)])
     assert counts.eq(1).all()
     observed = torch.bincount(pos[:, 0], minlength=12).numpy()
     p = contribution[0].clamp_min(0).double().numpy()
@@ -172,7 +217,7 @@ def test_sampling_without_replacement_edge_cases_and_determinism():
     contribution = torch.tensor([[0.5, 0.0, 2.0, 1.0, 0.1],    # 4 positive
                                  [-1.0, 0.3, 0.0, -2.0, 0.0],  # 1 positive
                                  [-1.0, 0.0, 0.0, -2.0, 0.0]])  # none
-    seeds = [image_seed(0, i, "x") for i in range(3)]
+    seeds = [image_seed(0, str(i), "x") for i in range(3)]
     pos, counts = sample_positions(contribution, 3, seeds)
     assert counts.tolist() == [3, 1, 0]
     assert len(set(pos[0].tolist())) == 3 and 1 not in pos[0].tolist()
@@ -181,10 +226,10 @@ def test_sampling_without_replacement_edge_cases_and_determinism():
     assert torch.equal(pos, again)
     alone, _ = sample_positions(contribution[:1] * 3.0, 3, seeds[:1])  # batch and scale free
     assert torch.equal(alone[0], pos[0])
-    other = torch.stack([sample_positions(contribution[:1], 3, [image_seed(s, 0, "x")])[0][0]
+    other = torch.stack([sample_positions(contribution[:1], 3, [image_seed(s, "0", "x")])[0][0]
                          for s in range(1, 20)])
     assert (other != pos[0]).any()
-    assert image_seed(0, 0, "x") != image_seed(0, 0, "y") != image_seed(0, 1, "y")
+    assert image_seed(0, "0", "x") != image_seed(0, "0", "y") != image_seed(0, "1", "y")
     with pytest.raises(ierf.IerfError, match="≥ 1"):
         sample_positions(contribution, 0, seeds)
 

@@ -264,7 +264,7 @@ def test_a_full_disk_is_one_line_and_resumable(tmp_path, monkeypatch):
             w.write([2, 3], samples([2, 3], 1, per=300))  # rows that need new pages
         assert "manifest.sqlite" in str(e.value) and "\n" not in str(e.value)
         assert not w._con.in_transaction
-    assert prepare_atlas(path, META, IDS) == 2  # the uncommitted shard is an orphan: redone
+    assert prepare_atlas(path, META, IDS).done == 2  # the uncommitted shard is an orphan: redone
     if Path("/dev/full").exists():  # a shard written to a full disk (the kernel's ENOSPC)
         monkeypatch.setattr("ierf.atlas.store.atomic_path",
                             lambda _path: contextlib.nullcontext("/dev/full"))

@@ -5,12 +5,17 @@ each with its iERF (Eq. 10), as in GIG Sec. 3.1. Images come from the synthetic 
 the bundled photos or a folder. Under ``torchrun`` (``torch.distributed`` initialised) the
 pending images are split round-robin over the ranks, each rank writing its own shards into
 the one manifest (:mod:`ierf.atlas.store`); killing a build and re-running the same command
-resumes it.
+resumes it. The image set may change between runs (files added, removed or edited, another
+``n``): finished images whose files are unchanged are kept, the others built, and images
+that left the set are dropped from the atlas. An image that cannot be read is skipped and
+recorded with the reason (``Atlas.skipped``, ``ierf atlas info``); a re-run retries it only
+if its file changed.
 """
 
 from __future__ import annotations
 
 import datetime
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ierf.atlas.sampling import IerfEngine, atlas_samples
 from ierf.atlas.store import MANIFEST, Atlas, ShardWriter, open_atlas, prepare_atlas
-from ierf.data.sources import image_ids, load_images, parse_source
+from ierf.data.sources import image_hashes, image_ids, load_readable, parse_source
 from ierf.dist import barrier, on_rank0, rank_world
 from ierf.errors import IerfError, require_finite
 from ierf.lock import rank0_lock
@@ -63,7 +68,9 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     device : where to compute (default: the model's device).
     internal_batch_size : iERF targets per batched backward pass.
     engine : the layer-relevance and iERF method (default: :func:`default_engine`).
-    overwrite : replace an atlas of a different build in ``out``.
+    overwrite : replace an atlas of a different build in ``out`` (other settings or model;
+        a changed image set alone resumes, keeping the images already done).
+    progress : show progress bars, what a resume keeps and which images were skipped.
 
     Returns
     -------
@@ -80,21 +87,36 @@ def build_atlas(model: Model, images: str | Path, layers: Sequence[str], out: st
     rank, world = rank_world()
     check_weights(model)
     meta = atlas_meta(model, str(source), layers, samples_per_image, ierf_downsample, seed, weights,
-                      getattr(engine, "name", type(engine).__name__), len(ids))
+                      getattr(engine, "name", type(engine).__name__))
+    talk = progress and rank == 0
+
+    def prepare() -> None:
+        changes = prepare_atlas(out, meta, ids, image_hashes(source, ids, talk), overwrite)
+        if talk:
+            tqdm.write(f"atlas {out}: {changes}", file=sys.stderr)
+
     with rank0_lock(Path(out) / MANIFEST):  # one build per folder; its ranks count as one
-        on_rank0(lambda: prepare_atlas(out, meta, ids, overwrite=overwrite))
+        on_rank0(prepare)
         with ShardWriter(out, rank) as writer:
-            mine = writer.pending()[rank::world]
+            pending = writer.pending()[rank::world]
+            mine = list(zip(pending, writer.ids(pending)))
             barrier()  # every rank has read the pending list before any writes
-            bar = tqdm(total=len(mine), unit="img", disable=not progress or rank != 0,
+            bar = tqdm(total=len(mine), unit="img", disable=not talk,
                        desc=f"atlas {model.name}" + (f" (rank 0 of {world})" if world > 1 else ""))
             with bar:
                 for start in range(0, len(mine), batch_size):
                     batch = mine[start:start + batch_size]
-                    x = load_images(source, [ids[i] for i in batch], model).to(device)
-                    writer.write(batch, atlas_samples(model, engine, x, batch, layers,
-                                                      samples_per_image, seed, ierf_downsample,
-                                                      internal_batch_size))
+                    x, unreadable = load_readable(source, [i for _, i in batch], model)
+                    if unreadable:
+                        writer.skip({batch[j][0]: why for j, why in unreadable.items()})
+                        for j, why in unreadable.items() if progress else ():
+                            bar.write(f"skipped {batch[j][1]}: {why}", file=sys.stderr)
+                    read = [b for j, b in enumerate(batch) if j not in unreadable]
+                    if read:
+                        writer.write([k for k, _ in read], atlas_samples(
+                            model, engine, x.to(device), [k for k, _ in read], layers,
+                            samples_per_image, seed, ierf_downsample, internal_batch_size,
+                            ids=[i for _, i in read]))
                     bar.update(len(batch))
         barrier()
     return open_atlas(out)
@@ -127,8 +149,9 @@ def check_layers(model: Model, engine: IerfEngine, layers: Sequence[str]) -> lis
 
 
 def atlas_meta(model: Model, source: str, layers: Sequence[str], samples_per_image: int,
-               ierf_downsample: int, seed: int, weights: str, method: str, n_images: int) -> dict:
-    """The meta of an atlas build (everything but ``created`` must match to resume)."""
+               ierf_downsample: int, seed: int, weights: str, method: str) -> dict:
+    """The meta of an atlas build, its identity: everything but ``created`` must match to
+    resume (the image set may change)."""
     if samples_per_image < 1:
         raise IerfError(f"--samples-per-image must be ≥ 1, got {samples_per_image}")
     _, h, w = model.input_size
@@ -144,5 +167,5 @@ def atlas_meta(model: Model, source: str, layers: Sequence[str], samples_per_ima
             "samples_per_image": samples_per_image, "input_size": list(model.input_size),
             "ierf_downsample": ierf_downsample,
             "ierf_size": [h // ierf_downsample, w // ierf_downsample], "ierf_method": method,
-            "seed": seed, "n_images": n_images,
+            "seed": seed, "draws": "seeded per image id",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

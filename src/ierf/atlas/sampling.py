@@ -11,16 +11,20 @@ Contributions ≤ 0 get probability 0. An image with fewer positive positions th
 ``samples_per_image`` gives only those; an image whose contributions are all ≤ 0 at a layer
 (nothing there drives the prediction) gives no sample for that layer.
 
-Draws use one generator per (seed, image, layer), so the sampled positions do not depend on
-the batch, the rank or on resuming.
+Draws use one generator per (seed, image id, layer), so the sampled positions do not depend
+on the batch, the rank, resuming, or the other images of the set.
 
-A batch costs one forward pass for the relevance (whose outputs also give the PFVs and the
-predicted class) and one per layer for the iERFs: an engine's ``ierfs`` takes the targets of
-one layer per call, each with its own forward pass to that layer.
+A batch costs one forward pass: an engine with ``forward_pass`` (SRD, AttnLRP) runs it once
+through the whole network and every backward pass reuses its autograd graph — the relevance
+of the predicted class (whose pass also gives the PFVs and that class) and the iERFs of each
+layer's samples, which would otherwise each need their own forward pass to their layer; the
+relevance pass stops at the lowest sampled layer (no input map). An engine with only
+``relevance`` and ``ierfs`` costs one forward pass more per layer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,7 +43,8 @@ from ierf.targets import PFVTarget
 
 
 class IerfEngine(Protocol):
-    """What the atlas needs from an attribution method (SRD; AttnLRP for ViTs)."""
+    """What the atlas needs from an attribution method (SRD; AttnLRP for ViTs); one that also
+    has ``forward_pass(x, layers) -> ForwardPass`` shares its forward pass over them."""
 
     name: str
 
@@ -50,9 +55,42 @@ class IerfEngine(Protocol):
               internal_batch_size: int = 16) -> torch.Tensor: ...
 
 
-def image_seed(seed: int, image: int, layer: str) -> int:
-    """A 64-bit generator seed for one (seed, image, layer): independent streams per image."""
-    return int(np.random.SeedSequence([seed, image, zlib.crc32(layer.encode())])
+class ForwardPass(Protocol):
+    """One forward pass of a batch kept for its backward passes (``SRD.forward_pass``,
+    ``AttnLRP.forward_pass``): the top class's relevance at the pass's layers, and the
+    iERFs of targets at any of them."""
+
+    def relevance(self, target: object = None, input_map: bool = True
+                  ) -> dict[str, torch.Tensor]: ...
+
+    def ierfs(self, targets: Sequence[PFVTarget], internal_batch_size: int = 16
+              ) -> torch.Tensor: ...
+
+
+class SeparatePasses:
+    """The :class:`ForwardPass` of an engine without ``forward_pass``: its ``relevance`` of the
+    top class at once, and its ``ierfs`` (a forward pass of their own) when asked."""
+
+    def __init__(self, engine: IerfEngine, x: torch.Tensor, layers: Sequence[str]) -> None:
+        self._engine, self._x = engine, x
+        self._relevance = engine.relevance(x, None, layers=list(layers))
+
+    def relevance(self, target: object = None, input_map: bool = True
+                  ) -> dict[str, torch.Tensor]:
+        if target is not None:
+            raise IerfError("SeparatePasses holds the relevance of the top class only")
+        return self._relevance
+
+    def ierfs(self, targets: Sequence[PFVTarget], internal_batch_size: int = 16
+              ) -> torch.Tensor:
+        return self._engine.ierfs(self._x, targets, internal_batch_size=internal_batch_size)
+
+
+def image_seed(seed: int, image: str, layer: str) -> int:
+    """A 64-bit generator seed for one (seed, image id, layer): independent streams per image,
+    whatever the other images of the set and the image's place among them."""
+    key = int.from_bytes(hashlib.sha256(image.encode()).digest()[:16], "little")
+    return int(np.random.SeedSequence([seed, key, zlib.crc32(layer.encode())])
                .generate_state(1, np.uint64)[0])
 
 
@@ -102,14 +140,16 @@ def area_downsample(maps: torch.Tensor, factor: int) -> torch.Tensor:
 
 def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Sequence[int],
                   layers: Sequence[str], samples_per_image: int = 1, seed: int = 0,
-                  ierf_downsample: int = 1, internal_batch_size: int = 16
-                  ) -> dict[str, dict[str, torch.Tensor]]:
+                  ierf_downsample: int = 1, internal_batch_size: int = 16,
+                  ids: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """PFV–iERF samples of one batch of images, per layer.
 
     Parameters
     ----------
     model, engine : the model and the method giving layer relevance and iERFs (SRD).
-    x : (B, 3, H, W) model-ready inputs; ``images`` their (B,) global image indices.
+    x : (B, 3, H, W) model-ready inputs; ``images`` their (B,) image numbers in the atlas.
+    ids : the images' ids, which seed their draws (default: the numbers as text, the ids of
+        benchmark scenes).
     layers : layers to sample, each at or below the engine's start layer L.
 
     Returns
@@ -118,7 +158,8 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
     "col", "predicted" (n,) int64, "contribution" (n,) float32}}`` on the CPU, samples ordered
     by image, then sample number.
     """
-    predicted, pfvs, relevance = relevance_pass(model, engine, x, layers)
+    ids = [str(i) for i in images] if ids is None else list(ids)
+    run, predicted, pfvs, relevance = engine_pass(model, engine, x, layers)
     image_t = torch.as_tensor(list(images), dtype=torch.long)
     out = {}
     for layer in layers:
@@ -126,11 +167,11 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
         contribution = per_position.flatten(1)  # (B, N), row-major like the PFVs
         grid_w = per_position.shape[-1]
         positions, counts = sample_positions(
-            contribution, samples_per_image, [image_seed(seed, i, layer) for i in images])
+            contribution, samples_per_image, [image_seed(seed, i, layer) for i in ids])
         valid = positions >= 0
         b_idx, s_idx = valid.nonzero(as_tuple=True)
         pos = positions[b_idx, s_idx]
-        ierf = _ierfs(engine, x, layer, positions, counts, internal_batch_size)
+        ierf = _ierfs(run, x, layer, positions, counts, internal_batch_size)
         dev_b, dev_pos = b_idx.to(x.device), pos.to(x.device)
         out[layer] = {
             "pfv": pfvs[layer][dev_b, dev_pos].float().cpu(),
@@ -146,9 +187,11 @@ def atlas_samples(model: Model, engine: IerfEngine, x: torch.Tensor, images: Seq
     return out
 
 
-def relevance_pass(model: Model, engine: IerfEngine, x: torch.Tensor, layers: Sequence[str]
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The relevance of each image's top class at ``layers``, with that class and the PFVs.
+def engine_pass(model: Model, engine: IerfEngine, x: torch.Tensor, layers: Sequence[str]
+                ) -> tuple[ForwardPass, torch.Tensor, dict[str, torch.Tensor],
+                           dict[str, torch.Tensor]]:
+    """The engine's forward pass of ``x`` (kept for the iERFs), and from it the relevance of
+    each image's top class at ``layers``, that class and the PFVs.
 
     The predicted class (B,) and the PFVs (B, N, C) of ``layers`` are read off the engine's own
     forward pass (its last complete pass of the network); an engine that runs none costs one
@@ -156,10 +199,12 @@ def relevance_pass(model: Model, engine: IerfEngine, x: torch.Tensor, layers: Se
 
     Returns
     -------
-    predicted, ``{layer: PFVs}``, ``{layer: relevance}`` (as the engine returns it).
+    the pass, predicted, ``{layer: PFVs}``, ``{layer: relevance}`` (as the engine returns it).
     """
     with complete_pass(model.net, {n: model.module(n) for n in layers}) as passes:
-        relevance = engine.relevance(x, None, layers=list(layers))
+        run = (engine.forward_pass(x, list(layers)) if hasattr(engine, "forward_pass")
+               else SeparatePasses(engine, x, layers))
+        relevance = run.relevance(input_map=False)  # the layers are all the atlas needs
     if passes:
         logits, outputs = passes[-1]
         pfvs = {n: to_pfvs(outputs[n], model.num_prefix_tokens, model.patch_grid).vectors.detach()
@@ -167,7 +212,7 @@ def relevance_pass(model: Model, engine: IerfEngine, x: torch.Tensor, layers: Se
     else:
         logits, traced = model.forward_pfvs(x, layers)
         pfvs = {n: p.vectors for n, p in traced.items()}
-    return logits.detach().argmax(1), pfvs, relevance
+    return run, logits.detach().argmax(1), pfvs, relevance
 
 
 @contextmanager
@@ -207,15 +252,16 @@ def position_map(model: Model, relevance: torch.Tensor, pfvs: torch.Tensor) -> t
     return relevance.sum(1) if relevance.dim() == 4 else relevance
 
 
-def _ierfs(engine: IerfEngine, x: torch.Tensor, layer: str, positions: torch.Tensor,
+def _ierfs(run: ForwardPass, x: torch.Tensor, layer: str, positions: torch.Tensor,
            counts: torch.Tensor, internal_batch_size: int) -> torch.Tensor:
     """(k', B, H, W) iERFs of the sampled PFVs, one target per sample number j < k'.
 
     Sample j of every image is one batched target (images without a j-th sample use
-    position 0, whose map is dropped), so k' backward passes explain all B·k' samples.
+    position 0, whose map is dropped), so k' backward passes of ``run`` explain all B·k'
+    samples.
     """
     k = int(counts.max()) if len(counts) else 0
     if k == 0:
         return x.new_zeros(0, len(x), *x.shape[-2:])
     targets = [PFVTarget(layer, positions[:, j].clamp_min(0).to(x.device)) for j in range(k)]
-    return engine.ierfs(x, targets, internal_batch_size=internal_batch_size)
+    return run.ierfs(targets, internal_batch_size=internal_batch_size)

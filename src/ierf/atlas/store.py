@@ -15,13 +15,18 @@ images are redone. One build writes into a folder at a time; the ranks of a ``to
 build write their own shards into the one manifest (SQLite serialises the commits; a busy
 timeout makes writers wait) while rank 0 holds the lock for all of them.
 
+A re-run may bring another image set (:func:`prepare_atlas`): images whose file is unchanged
+keep their samples, the samples of images that left the set stay in their shards but are no
+longer read, and readers list the images in the order of the latest run; an image that
+could not be read is recorded as skipped, with the reason.
+
 Readers open the manifest read-only and check each shard once per process: its size and
 hash against the manifest, and its records against the manifest's rows
 (:mod:`ierf.integrity`); ``ierf atlas verify`` (:mod:`ierf.atlas.verify`) checks them all.
 
 Samples are read in a deterministic order: image index, then sample number, per layer,
-whatever the number of ranks, the shard boundaries or the resumes (IERF Sec. III-D: the
-PFV–iERF pairs of a layer; iERF of Eq. 10).
+whatever the number of ranks, the shard boundaries, the resumes or earlier image sets (IERF
+Sec. III-D: the PFV–iERF pairs of a layer; iERF of Eq. 10).
 """
 
 from __future__ import annotations
@@ -41,13 +46,16 @@ from ierf.atlas.manifest import (
     MANIFEST,
     RECORD_KEYS,
     SHARD_RE,
+    ImageChanges,
     Manifest,
-    add_hash_columns,
+    add_columns,
     connect,
+    live_images,
     records_problem,
     referenced_files,
     shard_hashes,
     shard_name,
+    sync_images,
     writer_lock,
 )
 from ierf.data.sources import load_images, parse_source
@@ -61,25 +69,35 @@ if TYPE_CHECKING:
     from ierf.models.model import Model
 
 def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
-                  overwrite: bool = False) -> int:
-    """Create the atlas folder, or check that an existing one is the same build (rank 0 only).
+                  hashes: Sequence[str] | None = None, overwrite: bool = False) -> ImageChanges:
+    """Create the atlas folder, or check that an existing one is the same build (rank 0 only),
+    and make ``image_ids`` its image list (:func:`~ierf.atlas.manifest.sync_images`).
 
-    Deletes orphan shard files (written but never committed) and stray temporary files, so
-    that their images are redone; a file the manifest refers to is never deleted. Returns the
-    number of images already done. Holds the writer lock while it runs: one build may write
-    into a folder at a time (the ranks of one ``torchrun`` build count as one, whose rank 0
-    holds the lock for the whole build).
+    The identity of a build is its meta (model and weights fingerprint, source, layers,
+    sampling and iERF settings), not its image list: images whose file content (``hashes``,
+    SHA-256; ``""`` for generated images, the default) is unchanged keep their samples, new
+    and changed images are built by the run, and the samples of images that left the set
+    are no longer read. Deletes orphan shard files (written but never committed) and stray
+    temporary files, so that their images are redone; a file the manifest refers to is never
+    deleted. Holds the writer lock while it runs: one build may write into a folder at a time
+    (the ranks of one ``torchrun`` build count as one, whose rank 0 holds the lock for the
+    whole build).
+
+    Returns
+    -------
+    What changed against the manifest's image set (:class:`~ierf.atlas.manifest.ImageChanges`).
 
     Raises
     ------
     StoreBusyError : another build writes into ``path``.
     ConfigMismatchError : ``path`` holds an atlas with different meta (model, layers,
-        samples, …) or images, and ``overwrite`` is false.
+        samples, …), and ``overwrite`` is false.
     IerfError : ``path`` is a file or a non-empty folder that is no atlas.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise IerfError(f"{str(path)!r} is a file; give a folder for the atlas (--out)")
+    hashes = [""] * len(image_ids) if hashes is None else list(hashes)
     with writer_lock(path):
         if overwrite and path.is_dir():
             _remove_atlas_files(path)
@@ -88,8 +106,9 @@ def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
                 p for p in path.iterdir() if not SHARD_RE.match(p.name) and p.name != own):
             raise IerfError(f"{str(path)!r} is a non-empty folder without an atlas manifest; "
                             "give a new folder with --out")
-        with Manifest(path, meta, image_ids) as manifest:
-            add_hash_columns(manifest.con)
+        with Manifest(path, meta) as manifest:
+            add_columns(manifest.con)
+            changes = sync_images(manifest.con, image_ids, hashes)
             referenced = referenced_files(manifest.con)
             try:
                 for p in path.iterdir():
@@ -97,8 +116,7 @@ def prepare_atlas(path: str | Path, meta: dict, image_ids: Sequence[str],
                         p.unlink()
             except OSError as e:
                 raise storage_error(e) from None
-            return manifest.con.execute(
-                "SELECT COUNT(*) FROM images WHERE shard IS NOT NULL").fetchone()[0]
+            return changes
 
 
 def _remove_atlas_files(path: Path) -> None:
@@ -135,9 +153,22 @@ class ShardWriter:
         self._seq = -1 if last is None else last
 
     def pending(self) -> list[int]:
-        """Indices of the images without a committed shard, in order."""
+        """Numbers (``idx``) of the images of the run neither done nor skipped, in its order."""
         return [i for (i,) in self._con.execute(
-            "SELECT idx FROM images WHERE shard IS NULL ORDER BY idx")]
+            "SELECT idx FROM images WHERE shard IS NULL AND skipped IS NULL AND pos IS NOT NULL "
+            "ORDER BY pos")]
+
+    def ids(self, images: Sequence[int]) -> list[str]:
+        """The ids of the images numbered ``images``."""
+        ids = dict(self._con.execute("SELECT idx, id FROM images"))
+        return [ids[i] for i in images]
+
+    def skip(self, reasons: dict[int, str]) -> None:
+        """Record images that could not be read (``idx`` → why); a re-run does not retry
+        them unless their file changes."""
+        with store.transaction(self._con) as con:
+            con.executemany("UPDATE images SET skipped = ? WHERE idx = ?",
+                            [(why, i) for i, why in reasons.items()])
 
     def write(self, images: Sequence[int], layers: dict[str, dict[str, torch.Tensor]]) -> str:
         """Write the samples of ``images`` (all requested layers) as one shard; return its name.
@@ -244,7 +275,10 @@ class Atlas:
         layers, grids, samples_per_image, ierf_size (h, w), ierf_downsample, input_size,
         ierf_method, seed, created.
     layers : the sampled layers.
-    images : image ids, index-aligned with ``records(layer)["image"]``.
+    images : ids of the images of the latest build run, in its order, index-aligned with
+        ``records(layer)["image"]`` (unreadable images left out).
+    skipped : id → why, for the images that could not be read.
+    done : images built (each with its samples) so far.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -252,23 +286,36 @@ class Atlas:
         con = connect(self.path, readonly=True)
         try:
             self.meta = store.read_settings(con)
-            rows = con.execute("SELECT id, shard FROM images ORDER BY idx").fetchall()
-            #: per layer, in (image, sample) order: (shard, row, image, sample)
-            self._index = {layer: con.execute(
-                "SELECT shard, row, image, sample FROM samples WHERE layer = ? "
-                "ORDER BY image, sample", (layer,)).fetchall()
-                for layer in self.meta.get("layers", [])}
+            rows = live_images(con)
+            samples = con.execute("SELECT layer, shard, row, image, sample FROM samples "
+                                  "ORDER BY layer, shard, row").fetchall()
             self._shards = shard_hashes(con)
         except sqlite3.DatabaseError as e:
             raise store.database_error(e, self.path / MANIFEST) from None
         finally:
             con.close()
-        self.images = [i for i, _ in rows]
-        self.done = sum(s is not None for _, s in rows)
+        readable = [r for r in rows if r[3] is None]
+        self.images = [i for _, i, _, _ in readable]
+        self.skipped = {i: why for _, i, _, why in rows if why is not None}
+        self.done = sum(s is not None for _, _, s, _ in readable)
         self.layers: list[str] = list(self.meta.get("layers", []))
+        place = {idx: p for p, (idx, *_) in enumerate(readable)}
+        #: stored image number (idx) → index into :attr:`images` (-1: not in the atlas)
+        self._place = torch.full((max([r[0] for r in rows] + [r[3] for r in samples] + [-1]) + 1,),
+                                 -1, dtype=torch.long)
+        self._place[list(place)] = torch.tensor(list(place.values()), dtype=torch.long)
+        #: per layer, in (image, sample) order: (shard, row, image, sample) of the images read
+        self._index: dict[str, list[tuple[str, int, int, int]]] = {k: [] for k in self.layers}
+        #: per layer and shard, every (row, idx, sample) the manifest holds (for the checks)
+        self._rows: dict[str, dict[str, list[tuple[int, int, int]]]] = {}
+        for layer, shard, row, idx, sample in samples:
+            self._rows.setdefault(layer, {}).setdefault(shard, []).append((row, idx, sample))
+            if idx in place and layer in self._index:
+                self._index[layer].append((shard, row, place[idx], sample))
+        for index in self._index.values():
+            index.sort(key=lambda t: (t[2], t[3]))
         self._model: Model | None = None
         self._checked: set[tuple[str, str]] = set()
-        self._rows: dict[str, dict[str, list[tuple[int, int, int]]]] = {}
 
     def __len__(self) -> int:
         """Total samples over all layers."""
@@ -298,7 +345,9 @@ class Atlas:
         image), ``position`` (row-major index on the layer's PFV grid, ViT prefix tokens
         excluded), ``row``, ``col``, ``predicted`` (class) and ``contribution`` (its relevance
         to the predicted logit, the sampling weight)."""
-        return {k: self._gather(layer, k) for k in RECORD_KEYS}
+        records = {k: self._gather(layer, k) for k in RECORD_KEYS}
+        records["image"] = self._place[records["image"]]
+        return records
 
     def load_images(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """(n, 3, H, W) model-ready inputs of the images at ``index``."""
@@ -355,11 +404,7 @@ class Atlas:
                                    f"{shard}, which it does not list; {self._repair_hint()}")
         size, sha256 = self._shards[shard]
         check_file(self.path / shard, sha256, size, self._repair_hint())
-        if layer not in self._rows:
-            self._rows[layer] = {}
-            for s, r, img, smp in self._index[layer]:
-                self._rows[layer].setdefault(s, []).append((r, img, smp))
-        rows = self._rows[layer].get(shard, [])
+        rows = self._rows.get(layer, {}).get(shard, [])
         if (problem := records_problem(f, layer, rows, self.meta)) is not None:
             raise CorruptFileError(f"{str(self.path / shard)!r} does not match the manifest "
                                    f"({problem}); {self._repair_hint()}")

@@ -25,6 +25,7 @@ from ierf.atlas.manifest import (
     MANIFEST,
     SHARD_RE,
     connect,
+    order_problem,
     records_problem,
     shard_hashes,
     writer_lock,
@@ -102,8 +103,10 @@ def _check(path: Path, con: sqlite3.Connection) -> tuple[Report, set[str], list[
         counts = dict(con.execute("SELECT name, n_samples FROM shards"))
         images = dict(con.execute("SELECT idx, shard FROM images"))
         rows: dict[str, dict[str, list[tuple[int, int, int]]]] = {}
-        for layer, image, sample, shard, row in con.execute("SELECT * FROM samples"):
+        for layer, image, sample, shard, row in con.execute(
+                "SELECT layer, image, sample, shard, row FROM samples"):
             rows.setdefault(shard, {}).setdefault(layer, []).append((row, image, sample))
+        order = order_problem(con)
     except sqlite3.DatabaseError as e:
         raise store.database_error(e, path / MANIFEST) from None
     bad: set[str] = set()
@@ -112,9 +115,9 @@ def _check(path: Path, con: sqlite3.Connection) -> tuple[Report, set[str], list[
         bad.add(shard)
         report.problems.append(f"{shard}: {text}")
 
-    if len(images) != meta.get("n_images", len(images)):
-        report.problems.append(f"{MANIFEST}: {len(images)} image rows, the meta says "
-                               f"{meta['n_images']}; rebuild the atlas with --overwrite")
+    if order is not None:
+        report.problems.append(f"{MANIFEST}: {order}; re-run the build command to renumber "
+                               "them")
     for name, (size, sha256) in sorted(shards.items()):
         report.shards += 1
         indexed = sum(map(len, rows.get(name, {}).values()))

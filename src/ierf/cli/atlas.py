@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "under torchrun spell it --num-images (torchrun reads --n as its own option)")
     b.add_argument("--layers", required=True, help="comma-separated layer names (see "
                    "`ierf layers MODEL`)")
-    b.add_argument("--out", required=True, help="atlas folder (re-run the same command to resume)")
+    b.add_argument("--out", required=True, help="atlas folder (re-run the same command to resume; "
+                   "the image set may change in between: finished images are kept)")
     b.add_argument("--samples-per-image", type=int, default=1,
                    help="PFVs sampled per image and layer (default 1, as in the paper)")
     b.add_argument("--batch-size", type=int, default=16, help="images per batch and shard")
@@ -39,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     b.add_argument("--overwrite", action="store_true",
-                   help="replace an atlas of a different build in --out")
+                   help="replace an atlas of a different build (other model, layers, seed, …) "
+                   "in --out")
     b.set_defaults(run=_build)
 
     i = asub.add_parser("info", help="summarise an atlas (also while it is being built)")
@@ -104,6 +106,10 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok or args.repair else 1
 
 
+#: unreadable images listed by name in the summary
+SHOWN_SKIPPED = 10
+
+
 def _summary(atlas) -> str:
     m = atlas.meta
     lines = [f"atlas {atlas.path}",
@@ -118,6 +124,13 @@ def _summary(atlas) -> str:
         g = m["grids"][layer]
         lines.append(f"  {layer}: {atlas.count(layer)} samples, {m['channels'][layer]} channels, "
                      f"grid {g[0]}×{g[1]}")
+    if atlas.skipped:
+        shown = list(atlas.skipped.items())[:SHOWN_SKIPPED]
+        lines.append(f"  skipped {len(atlas.skipped)} unreadable image(s) (fix or remove them, "
+                     "then re-run the build command):")
+        lines += [f"    {i}: {why}" for i, why in shown]
+        if len(atlas.skipped) > len(shown):
+            lines.append(f"    … and {len(atlas.skipped) - len(shown)} more (Atlas.skipped)")
     lines.append(f"  built {m['created']}")
     if damaged := atlas.damaged():
         lines.append(f"  DAMAGED: {len(damaged)} shard file(s) missing or truncated "

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ierf.data.images import BUNDLED_PHOTOS, image_files, load_image
 from ierf.data.synthetic import SPLITS, Scene, make_scene, render_without
 from ierf.errors import IerfError
+from ierf.integrity import sha256_file
 
 if TYPE_CHECKING:
     from ierf.models.model import Model
@@ -104,6 +106,33 @@ def load_images(source: ImageSource, ids: Sequence[str], model: Model) -> torch.
                           for scene in _scenes(source, ids)])
     root = source.folder if source.kind == FOLDER else None
     return torch.cat([model.preprocess(load_image(i if root is None else root / i)) for i in ids])
+
+
+def load_readable(source: ImageSource, ids: Sequence[str], model: Model
+                  ) -> tuple[torch.Tensor, dict[int, str]]:
+    """Like :func:`load_images`, skipping the images that cannot be read: the (m, 3, H, W)
+    inputs of the readable ones, in order, and ``{position in ids: why}`` for the others."""
+    loaded, unreadable = [], {}
+    for j, i in enumerate(ids):
+        try:
+            loaded.append(load_images(source, [i], model))
+        except IerfError as e:
+            unreadable[j] = str(e.__cause__ or e)
+    return (torch.cat(loaded) if loaded else torch.zeros(0, *model.input_size)), unreadable
+
+
+def image_hashes(source: ImageSource, ids: Sequence[str], progress: bool = False) -> list[str]:
+    """SHA-256 of each image's file in a folder source (``""`` for generated images and the
+    bundled photos, and for a file that cannot be read: loading it says why)."""
+    if source.kind != FOLDER:
+        return [""] * len(ids)
+    hashes = []
+    for i in tqdm(ids, desc="hashing images", unit="img", leave=False, disable=not progress):
+        try:
+            hashes.append(sha256_file(source.folder / i))
+        except IerfError:
+            hashes.append("")
+    return hashes
 
 
 def benchmark_label_maps(source: ImageSource, ids: Sequence[str], key: str) -> torch.Tensor:

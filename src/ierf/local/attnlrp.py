@@ -131,11 +131,31 @@ class AttnLRP(Attributor):
         one_layer(targets)
         return self._propagate(x, list(targets), (), internal_batch_size)["input"].sum(2)
 
+    def forward_pass(self, x: torch.Tensor, layers: Sequence[str]) -> AttnLRPPass:
+        """One forward pass of ``x`` under the rules through the whole network, kept for many
+        backward passes: the class relevance at ``layers`` and the iERFs of targets at any of
+        them, the maps of :meth:`relevance` and :meth:`ierfs` (whose passes up to a layer are
+        the same ops) for one forward (the PFV–iERF atlas builds on it). The autograd graph
+        lives as long as the pass."""
+        x, logits, outs = self._forward(x, layers, None)
+        return AttnLRPPass(self, x, logits, outs, list(layers))
+
     def _propagate(self, x: torch.Tensor, targets: Sequence[object], layers: Sequence[str],
                    chunk: int = 1) -> dict[str, torch.Tensor]:
         """Channel-wise relevance (K, *shape) at the input and ``layers`` for K targets."""
-        x = self.model.check(x)
         start = target_layer(targets[0])
+        x, out, outs = self._forward(x, layers, start)
+        missing = [n for n in layers if n not in outs]
+        if missing:
+            raise IerfError(f"layers {missing} come after {start!r}, where the "
+                            "relevance of this target starts; pick earlier layers")
+        return self._from_pass(x, out, outs, targets, layers, chunk, retain=False)
+
+    def _forward(self, x: torch.Tensor, layers: Sequence[str], start: str | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward pass under the rules, to ``start``'s output (``None``: the logits):
+        the input leaf, that output and the outputs of ``layers`` (and ``start``)."""
+        x = self.model.check(x)
         for name in (*layers, *([start] if start is not None else [])):
             self.model.module(name)
         x = x.detach().requires_grad_(True)
@@ -147,30 +167,39 @@ class AttnLRP(Attributor):
             return hook
 
         handles = [self.model.module(n).register_forward_hook(record(n)) for n in layers]
-        mode = AttnLRPMode(self.epsilon, cp=self.attention == "cp")
         try:
             with frozen_params(self.model.net), torch.enable_grad(), explicit_attention(self.model.net), \
-                    mode:
-                if start is not None:
-                    forward_until(self.model.net, x, self.model.module(start),
-                                  lambda out: outs.setdefault(start, out))
-                    out = outs[start]
-                    seeds = torch.stack([start_gradient(t, out, self.model.num_prefix_tokens,
-                                                        self.model.patch_grid) for t in targets])
-                else:
-                    out = self.model.net(x)
-                    seeds = self._class_seed(out, targets[0])[None]
+                    self._mode():
+                if start is None:
+                    return x, self.model.net(x), outs
+                forward_until(self.model.net, x, self.model.module(start),
+                              lambda out: outs.setdefault(start, out))
+                return x, outs[start], outs
         finally:
             for h in handles:
                 h.remove()
-        missing = [n for n in layers if n not in outs]
-        if missing:
-            raise IerfError(f"layers {missing} come after {start!r}, where the "
-                            "relevance of this target starts; pick earlier layers")
-        inputs = [x, *(outs[n] for n in layers)]
-        parts = [self._backward(out, inputs, seeds[i:i + chunk], i + chunk < len(seeds))
-                 for i in range(0, len(seeds), chunk)]
-        return {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(("input", *layers))}
+
+    def _mode(self) -> AttnLRPMode:
+        return AttnLRPMode(self.epsilon, cp=self.attention == "cp")
+
+    def _from_pass(self, x: torch.Tensor | None, out: torch.Tensor,
+                   outs: dict[str, torch.Tensor], targets: Sequence[object],
+                   layers: Sequence[str], chunk: int, retain: bool) -> dict[str, torch.Tensor]:
+        """The backward half of :meth:`_propagate`: seeds at ``out`` (the logits, or the
+        targets' layer output), computed under the rules, carried to the input ``x``
+        (``None``: not that far) and ``layers``; ``retain`` keeps the graph for later
+        passes."""
+        with torch.enable_grad(), self._mode():
+            if target_layer(targets[0]) is not None:
+                seeds = torch.stack([start_gradient(t, out, self.model.num_prefix_tokens,
+                                                    self.model.patch_grid) for t in targets])
+            else:
+                seeds = self._class_seed(out, targets[0])[None]
+        names = [*(["input"] if x is not None else []), *layers]
+        inputs = [*([x] if x is not None else []), *(outs[n] for n in layers)]
+        parts = [self._backward(out, inputs, seeds[i:i + chunk], retain or i + chunk < len(seeds))
+                 for i in range(0, len(seeds), chunk) if inputs]
+        return {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(names)}
 
     @staticmethod
     def _backward(out: torch.Tensor, inputs: list[torch.Tensor], seeds: torch.Tensor,
@@ -192,3 +221,44 @@ class AttnLRP(Attributor):
                             f"{type(logits).__name__}")
         score = self.score(logits, target)
         return torch.autograd.grad(score.sum(), logits, retain_graph=True)[0]
+
+
+class AttnLRPPass:
+    """One AttnLRP forward pass of a batch, kept (its autograd graph retained) for many
+    backward passes: see :meth:`AttnLRP.forward_pass`.
+
+    Attributes
+    ----------
+    logits : (B, classes) output of the pass.
+    outputs : the outputs of the pass's layers.
+    """
+
+    def __init__(self, lrp: AttnLRP, x: torch.Tensor, logits: torch.Tensor,
+                 outputs: dict[str, torch.Tensor], layers: list[str]) -> None:
+        self._lrp, self._x, self._layers = lrp, x, layers
+        self.logits, self.outputs = logits, outputs
+
+    def relevance(self, target: object = None, input_map: bool = True
+                  ) -> dict[str, torch.Tensor]:
+        """As :meth:`AttnLRP.relevance` of a class ``target`` (``None``: the top class) with
+        the pass's layers; without ``input_map`` the backward pass stops at the lowest layer
+        (no ``"input"``)."""
+        if target_layer(target) is not None:
+            raise IerfError("AttnLRPPass.relevance explains a class; give PFV-level targets "
+                            "to ierfs()")
+        maps = self._lrp._from_pass(self._x if input_map else None, self.logits, self.outputs, [target], self._layers,
+                                    1, retain=True)
+        return {k: v[0] for k, v in maps.items()}
+
+    def ierfs(self, targets: Sequence[LayerTarget], internal_batch_size: int = 16
+              ) -> torch.Tensor:
+        """As :meth:`AttnLRP.ierfs`: (K, B, H, W) iERFs of targets of one of the pass's layers
+        (Eq. 10), colour channels summed."""
+        if internal_batch_size < 1:
+            raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
+        layer = one_layer(targets)
+        if layer not in self.outputs:
+            raise IerfError(f"this pass recorded layers {self._layers}, not {layer!r}; pass "
+                            "it to forward_pass()")
+        return self._lrp._from_pass(self._x, self.outputs[layer], self.outputs, list(targets),
+                                    [], internal_batch_size, retain=True)["input"].sum(2)

@@ -248,24 +248,25 @@ class SRD(Attributor):
         return self._from_pass(x, logits, outs, start, layers, targets,
                                None if biases is None else biases[-1], chunk, retain=False)
 
-    def _from_pass(self, x: torch.Tensor, logits: torch.Tensor | None,
+    def _from_pass(self, x: torch.Tensor | None, logits: torch.Tensor | None,
                    outs: dict[str, torch.Tensor], start: str, layers: Sequence[str],
                    targets: Sequence[object], start_bias: torch.Tensor | None, chunk: int,
                    retain: bool) -> dict[str, torch.Tensor]:
         """The backward half of :meth:`_propagate` on a forward pass's outputs ``outs``:
         R^start of each target (Eqs. 2, 5), seeded with the sharing denominator of
-        ``start_bias`` (Eq. 18), carried to the input and ``layers`` (Eqs. 20–21);
-        ``retain`` keeps the graph for later passes."""
+        ``start_bias`` (Eq. 18), carried to the input ``x`` (``None``: not that far) and
+        ``layers`` (Eqs. 20–21); ``retain`` keeps the graph for later passes."""
+        names = [*(["input"] if x is not None else []), *layers]
         with torch.enable_grad():
             t = outs[start]
             r_start = torch.stack([self._start_relevance(t, logits, tg) for tg in targets])
             denom = sharing_denominator(t, start_bias, self.eps)
-            inputs = [x, *(outs[n] for n in layers)]
+            inputs = [*([x] if x is not None else []), *(outs[n] for n in layers)]
             seeds = seed(t, r_start, denom)  # (K, *t.shape)
             parts = [self._backward(t, inputs, seeds[i:i + chunk],
                                     retain or i + chunk < len(seeds))
-                     for i in range(0, len(seeds), chunk)]
-        result = {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(("input", *layers))}
+                     for i in range(0, len(seeds), chunk) if inputs]
+        result = {n: torch.cat([p[j] for p in parts]) for j, n in enumerate(names)}
         result[start] = self._grid_map(r_start, t)
         return result
 
@@ -430,13 +431,15 @@ class SRDPass:
         self._srd, self._x, self._start, self._layers = srd, x, start, layers
         self.logits, self.outputs, self._biases = logits, outputs, biases
 
-    def relevance(self, target: object = None) -> dict[str, torch.Tensor]:
+    def relevance(self, target: object = None, input_map: bool = True
+                  ) -> dict[str, torch.Tensor]:
         """As :meth:`SRD.relevance` of a class ``target`` (``None``: the top class) with the
-        pass's layers: ``"input"`` (B, H, W), L and each layer (B, h, w)."""
+        pass's layers: ``"input"`` (B, H, W), L and each layer (B, h, w); without
+        ``input_map`` the backward pass stops at the lowest layer (no ``"input"``)."""
         if target_layer(target) is not None:
             raise IerfError("SRDPass.relevance explains a class; give PFV-level targets to "
                             "ierfs()")
-        maps = self._srd._from_pass(self._x, self.logits, self.outputs, self._start,
+        maps = self._srd._from_pass(self._x if input_map else None, self.logits, self.outputs, self._start,
                                     self._layers, [target], self._biases.get(self._start),
                                     chunk=1, retain=True)
         return {k: v[0] for k, v in maps.items()}
