@@ -7,7 +7,8 @@
 2. Insertion AUC of every ranking on every basis, for the three blanks (peak readout) and
    for the summed readout on the zero blank (patch latents: a CLS latent's readouts are
    the same); non-locality of the AttnLRP iERFs; whether the
-   ranking of methods depends on the blank (Kendall's τ). Resumable (``OUT/bench-*``).
+   ranking of methods depends on the blank (Kendall's τ). IG and KernelSHAP take each blank
+   as their baseline (``CafeBench.baseline="blank"``). Resumable (``OUT/bench-*``).
 3. Ground truth: a patch latent per part type and a CLS latent per class, chosen by AUROC on
    400 train scenes, scored on 200 test scenes by each attribution method.
 4. Latent iERFs of 32 pairs in one batched call vs one pair at a time (ratio, same process).

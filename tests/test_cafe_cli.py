@@ -127,3 +127,30 @@ def test_bad_input_is_refused_before_writing(saes, tmp_path, toy) -> None:
         run(["cafe", "ground", str(tmp_path / "random-vit"), "--images", "benchmark", "--n",
              "4", "-o", str(out)])
     assert not out.exists()
+
+
+def test_bench_refuses_bad_bases_and_too_few_images_leaving_no_store(saes, tmp_path, toy_vit
+                                                                     ) -> None:
+    """Everything is checked before results.sqlite is created: a failed run does not leave
+    a store whose settings would refuse the corrected run in the same folder."""
+    from ierf.models.fingerprint import weights_fingerprint
+
+    out = tmp_path / "bench"
+    good = str(saes / "blocks.1-patch")
+    fingerprint = weights_fingerprint(toy_vit.net)
+    ConceptBasis(TopKSAE(96, 8, k=2), "toy-vit", fingerprint, "blocks.9").save(
+        tmp_path / "no-layer")
+    ConceptBasis(TopKSAE(48, 8, k=2), "toy-vit", fingerprint, "blocks.1").save(
+        tmp_path / "narrow")
+    common = ["--n", "6", "--latents", "1", "--rankings", "random", "--steps", "2",
+              "-o", str(out)]
+    with pytest.raises(IerfError, match="unknown layer 'blocks.9'"):
+        run(["bench", "cafe", good, str(tmp_path / "no-layer"), *common])
+    with pytest.raises(BasisMismatchError, match="48-channel concepts of layer 'blocks.1'; "
+                       "got PFVs with 96 channels"):
+        run(["bench", "cafe", str(tmp_path / "narrow"), *common])
+    with pytest.raises(IerfError, match="image set too small: no latent fires on 8 of these 6"):
+        run(["bench", "cafe", good, *common, "--per-latent", "8"])
+    assert not out.exists()
+    assert run(["bench", "cafe", good, *common, "--per-latent", "2"]) == 0   # same folder
+    assert (out / "results.sqlite").is_file()

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from ierf.cafe.attribution import latent_ierfs
+from ierf.cafe.blanks import blank_canvas
 from ierf.cafe.insertion import (
     auc,
-    blank_canvas,
     insertion_curves,
     insertion_masks,
     insertion_ranks,
@@ -122,3 +122,50 @@ def test_bad_scores(linear) -> None:
         insertion_curves(model, basis, x, pairs, torch.zeros(len(pairs), 16), steps=17)
     with pytest.raises(IerfError, match="unknown ranking 'saliency'"):
         patch_scores(model, basis, x, pairs, "saliency")
+
+
+@pytest.mark.parametrize("blank", ["zero", "mean", "blur"])
+def test_ig_and_kernelshap_start_from_the_insertion_blank(linear, blank) -> None:
+    """Completeness (IG, exact here as z is linear) and efficiency (KernelSHAP, exact for any
+    model): Σ_p A(p) = z(I) − z(blank), and z(blank) / z(I) is the insertion curve's first
+    point on the same blank."""
+    model, basis, x, pairs = linear
+    start = insertion_curves(model, basis, x, pairs, torch.zeros(len(pairs), 16), blank,
+                             steps=1)[:, 0]
+    rise = pairs.activation * (1 - start)
+    for method in ("integrated-gradients", "kernelshap"):
+        maps = latent_ierfs(model, basis, x, pairs, method, baselines=blank, n_steps=4,
+                            n_samples=64)
+        assert torch.allclose(maps.sum((1, 2)), rise, rtol=1e-3, atol=1e-4), method
+    if blank != "zero":      # the default reference is the default blank, zeros
+        default = latent_ierfs(model, basis, x, pairs, "integrated-gradients", n_steps=4)
+        assert not torch.allclose(default.sum((1, 2)), rise, rtol=1e-3, atol=1e-4)
+
+
+def test_bench_ig_follows_each_blank_unless_fixed(linear) -> None:
+    from dataclasses import replace
+
+    from ierf.cafe.bench import CafeBench, latent_pairs, run_basis
+
+    model, basis, x, _ = linear
+    bench = CafeBench(rankings=("integrated-gradients",), blanks=("zero", "blur"),
+                      n_latents=4, per_latent=2, steps=8, ig_steps=4,
+                      locality_method="integrated-gradients")
+    follows = run_basis(model, basis, x, bench)
+    fixed = run_basis(model, basis, x, replace(bench, baseline="zero"))
+    pairs = latent_pairs(model, basis, x, bench)
+
+    def ig_auc(reference: str) -> torch.Tensor:
+        maps = latent_ierfs(model, basis, x, pairs, "integrated-gradients",
+                            baselines=reference, n_steps=4)
+        scores = patch_scores(model, basis, x, pairs, maps)
+        return auc(insertion_curves(model, basis, x, pairs, scores, "blur", 8))
+
+    key = ("integrated-gradients", "blur")
+    assert torch.allclose(follows.auc[key], ig_auc("blur"), atol=1e-6)
+    assert torch.allclose(fixed.auc[key], ig_auc("zero"), atol=1e-6)
+    assert not torch.allclose(follows.auc[key], fixed.auc[key], atol=1e-3)
+    assert torch.equal(follows.auc[("integrated-gradients", "zero")],
+                       fixed.auc[("integrated-gradients", "zero")])
+    with pytest.raises(IerfError, match="unknown IG / KernelSHAP baseline 'noise'"):
+        CafeBench(baseline="noise")

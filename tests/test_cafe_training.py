@@ -90,8 +90,8 @@ def test_bad_input_fails_before_anything_is_written(toy, toy_vit, images, tmp_pa
     with pytest.raises(IerfError, match="image set too small: blocks.0-cls: 3 images × 1 tokens"):
         SAETrainer(toy_vit, small, ["blocks.0"], out, ["patch", "cls"], CONFIG).run(
             progress=False)
-    with pytest.raises(IerfError, match="unknown SAE method 'kmeans'"):
-        SAETraining(method="kmeans")
+    with pytest.raises(IerfError, match="unknown training method 'pca'"):
+        SAETraining(method="pca")
     with pytest.raises(IerfError, match="must hold at least one minibatch"):
         SAETraining(batch_size=64, buffer_tokens=32)
     assert not out.exists()

@@ -6,13 +6,18 @@ One call grounds many (latent, image) pairs: image ``i`` of ``x`` explains its o
 ========================  ==========================================================
 ``attnlrp`` (default)     AttnLRP (Achtibat et al. 2024), the paper's choice (Sec. V-B)
 ``srd``                   SRD with frozen attention weights and LayerNorm σ (Sec. IV)
-``integrated-gradients``  Captum's IG from a baseline input (default zeros), Σ over colours
+``integrated-gradients``  Captum's IG from a baseline input (a blank), Σ over colours
 ``gradient``              Captum's saliency, max over colours of |∂z/∂x|
 ``grad-x-input``          Captum's input × gradient, Σ over colours
 ``kernelshap``            KernelSHAP over the ViT's patches (:mod:`ierf.cafe.kernelshap`),
                           absent patches = the baseline; each patch's value spread evenly
                           over its pixels
 ========================  ==========================================================
+
+IG and KernelSHAP need a reference input. By default it is the insertion test's blank
+(:mod:`ierf.cafe.blanks`, default ``"zero"``), so "no evidence" is the same image for the
+attributor and for the test that scores it: IG's completeness then reads
+``Σ_p A(p) ≈ z_k(I) − z_k(blank)``, the rise the insertion curve has to make.
 
 The activation-ranking baseline is not a pixel map: see :func:`ierf.cafe.insertion.patch_scores`.
 """
@@ -25,6 +30,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ierf.cafe.blanks import blank_canvas, model_grid
 from ierf.cafe.kernelshap import kernel_shap
 from ierf.cafe.latents import LatentPairs, PairTarget, check_basis, check_latents
 from ierf.concepts.basis import ConceptBasis
@@ -34,6 +40,8 @@ from ierf.models.model import Model
 from ierf.models.pfv import to_pfvs
 
 METHODS = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input", "kernelshap")
+REFERENCE_METHODS = ("integrated-gradients", "kernelshap")
+"""The methods whose maps depend on a reference input (``baselines``)."""
 CAPTUM = {"integrated-gradients": "IntegratedGradients", "gradient": "Saliency",
           "grad-x-input": "InputXGradient"}
 
@@ -52,7 +60,8 @@ def latent_score(model: Model, target: PairTarget) -> Callable[[torch.Tensor], t
 
 
 def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: LatentPairs,
-                 method: str = "attnlrp", *, baselines: torch.Tensor | float | None = None,
+                 method: str = "attnlrp", *,
+                 baselines: str | torch.Tensor | float | None = "zero",
                  n_steps: int = 16, internal_batch_size: int = 64, batch_size: int = 64,
                  n_samples: int = 256) -> torch.Tensor:
     """``(P, H, W)`` iERF of each pair's latent on its image ``x[pairs.image]`` (Eq. 10).
@@ -63,8 +72,10 @@ def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: Late
     x : (B, 3, H, W) images the pairs index.
     pairs : from :func:`~ierf.cafe.latents.select_pairs`; its readout decides the scalar.
     method : one of :data:`METHODS`.
-    baselines : the reference input of integrated gradients and KernelSHAP (``None``: zeros,
-        i.e. the dataset mean colour after normalisation); a (B, 3, H, W) tensor is indexed
+    baselines : the reference input of integrated gradients and KernelSHAP: a blank of
+        :data:`~ierf.cafe.blanks.BLANKS` made from ``x`` as the insertion test makes it
+        (default ``"zero"``: zeros after normalisation, i.e. the normalisation mean colour;
+        ``"mean"`` averages over all of ``x``), a number, or a (B, 3, H, W) tensor indexed
         like ``x``.
     n_steps, internal_batch_size : integrated gradients' path points and images per pass.
     batch_size : pairs per batched pass (memory grows with it).
@@ -78,6 +89,9 @@ def latent_ierfs(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: Late
     if len(pairs) == 0:
         raise IerfError("no (latent, image) pairs to ground: no latent is active on these "
                         "images; give more images or other latents")
+    if isinstance(baselines, str):                   # a blank; unknown names raise here
+        canvas = blank_canvas(x, baselines, model_grid(model))
+        baselines = canvas if method in REFERENCE_METHODS else None
     if isinstance(baselines, torch.Tensor) and baselines.dim() == 4:
         baselines = baselines[pairs.image]
     maps = []

@@ -4,7 +4,10 @@ non-locality summary (Sec. V-C2, Fig. 8), resumable.
 For each basis (one layer, one token kind): ``n_latents`` latents drawn at random (seeded)
 among those that fire on at least ``per_latent`` images, each with its ``per_latent`` top
 images; every ranking (each attribution method's iERF, activation ranking, random) is
-scored by the insertion AUC on each blank. Per-pair AUCs go into a
+scored by the insertion AUC on each blank. Integrated Gradients and KernelSHAP take that
+blank as their reference input (``baseline="blank"``, the default), so their maps are
+computed once per blank; ``baseline="zero"`` (or another blank's name) fixes it instead.
+Per-pair AUCs go into a
 :class:`~ierf.bench.store.ResultStore`, one transaction per (basis, ranking), so an
 interrupted run resumes; the tables report mean ± standard error over (latent, image) pairs.
 """
@@ -21,14 +24,12 @@ import torch
 
 from ierf.bench.store import ResultStore
 from ierf.bench.tables import Table
-from ierf.cafe.attribution import METHODS, latent_ierfs
+from ierf.cafe.attribution import METHODS, REFERENCE_METHODS, latent_ierfs
+from ierf.cafe.blanks import BLANKS, blank_canvas, model_grid
 from ierf.cafe.insertion import (
     BASELINES,
-    BLANKS,
     auc,
-    blank_canvas,
     insertion_curves,
-    model_grid,
     patch_scores,
     pool_to_patches,
 )
@@ -50,10 +51,16 @@ RANKINGS = (*METHODS, *BASELINES)
 
 @dataclass(frozen=True)
 class CafeBench:
-    """Settings of a CAFE benchmark run (all stored with the results)."""
+    """Settings of a CAFE benchmark run (all stored with the results).
+
+    ``baseline``: the reference input of IG and KernelSHAP — ``"blank"`` (each blank of
+    ``blanks`` in turn, the same image the insertion test starts from) or one blank's name
+    for every blank. The non-locality statistics use the first blank's maps.
+    """
 
     rankings: Sequence[str] = RANKINGS
     blanks: Sequence[str] = ("zero",)
+    baseline: str = "blank"
     n_latents: int = 16
     per_latent: int = 4
     readout: str = "peak"
@@ -70,6 +77,8 @@ class CafeBench:
         for b in self.blanks:
             if b not in BLANKS:
                 raise unknown_name("blank", b, BLANKS)
+        if self.baseline not in ("blank", *BLANKS):
+            raise unknown_name("IG / KernelSHAP baseline", self.baseline, ("blank", *BLANKS))
         if self.readout not in READOUTS:
             raise unknown_name("readout", self.readout, READOUTS)
         if self.locality_method not in METHODS:
@@ -125,11 +134,14 @@ class BasisResults:
 
 def run_basis(model: Model, basis: ConceptBasis, x: torch.Tensor, bench: CafeBench,
               store: ResultStore | None = None,
-              log: Callable[[str], None] = lambda _: None) -> BasisResults:
-    """Score every ranking of ``bench`` on ``basis`` (reusing what ``store`` holds)."""
+              log: Callable[[str], None] = lambda _: None,
+              pairs: LatentPairs | None = None) -> BasisResults:
+    """Score every ranking of ``bench`` on ``basis`` (reusing what ``store`` holds) on its
+    ``pairs`` (default: :func:`latent_pairs`)."""
     check_basis(model, basis)
     label = basis_label(basis)
-    pairs = latent_pairs(model, basis, x, bench)
+    if pairs is None:
+        pairs = latent_pairs(model, basis, x, bench)
     result = BasisResults(label, pairs.is_cls)
     grid = model_grid(model)
     blanks = {b: blank_canvas(x, b, grid) for b in bench.blanks}
@@ -159,20 +171,30 @@ def _score(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: LatentPair
            grid: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Per-pair AUC and mean curve on each blank (and locality for an iERF ranking)."""
     out: dict[str, torch.Tensor] = {}
+    scores: dict[str, torch.Tensor] = {}
     if ranking in METHODS:
-        maps = latent_ierfs(model, basis, x, pairs, ranking, n_steps=bench.ig_steps)
-        scores = patch_scores(model, basis, x, pairs, maps)
+        maps: dict[str, torch.Tensor] = {}
+        for name in blanks:
+            reference = name if bench.baseline == "blank" else bench.baseline
+            if ranking not in REFERENCE_METHODS:
+                reference = "zero"                       # unused: one map for all blanks
+            if reference not in maps:
+                maps[reference] = latent_ierfs(model, basis, x, pairs, ranking,
+                                               baselines=reference, n_steps=bench.ig_steps)
+            scores[name] = patch_scores(model, basis, x, pairs, maps[reference])
         if ranking == bench.locality_method:
-            stats = nonlocality(pool_to_patches(maps, grid), pairs.position, grid, bench.radius)
+            first = pool_to_patches(next(iter(maps.values())), grid)
+            stats = nonlocality(first, pairs.position, grid, bench.radius)
             out.update({f"locality/{n}": v for n, v in stats.items()})
     else:
-        scores = patch_scores(model, basis, x, pairs, ranking, seed=bench.seed)
-    valid = torch.isfinite(scores).all(1)
+        fixed = patch_scores(model, basis, x, pairs, ranking, seed=bench.seed)
+        scores = dict.fromkeys(blanks, fixed)
     for name, blank in blanks.items():
         a = torch.full((len(pairs),), float("nan"))
         curve = torch.full((bench.steps + 1,), float("nan"))
+        valid = torch.isfinite(scores[name]).all(1)
         if valid.any():
-            c = insertion_curves(model, basis, x, pairs[valid], scores[valid], blank,
+            c = insertion_curves(model, basis, x, pairs[valid], scores[name][valid], blank,
                                  bench.steps)
             a[valid] = auc(c).cpu()
             curve = c.mean(0).cpu()
@@ -183,21 +205,27 @@ def _score(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: LatentPair
 def run(model: Model, bases: Sequence[ConceptBasis], x: torch.Tensor, bench: CafeBench,
         store_path: str | Path | None = None, images: str = "",
         log: Callable[[str], None] = lambda _: None) -> list[BasisResults]:
-    """:func:`run_basis` for each basis, resuming from ``store_path`` (an SQLite file)."""
+    """:func:`run_basis` for each basis, resuming from ``store_path`` (an SQLite file).
+
+    Every basis is checked and its pairs chosen before the store is opened, so bad input
+    (another model's basis, a layer the model lacks or of another width, too few images)
+    leaves no file behind to block the corrected run."""
     if not bases:
         raise IerfError("give at least one SAE basis")
-    for basis in bases:
-        check_basis(model, basis)
     labels = [basis_label(b) for b in bases]
     if len(set(labels)) != len(labels):
         raise IerfError(f"two bases of the same layer and tokens: {labels}")
+    for basis in bases:
+        check_basis(model, basis)
+    pairs = [latent_pairs(model, basis, x, bench) for basis in bases]
     store = None
     if store_path is not None:
         settings = {"model": model.name, "images": images, "n_images": len(x),
                     "bases": {basis_label(b): basis_digest(b) for b in bases}, **asdict(bench)}
         store = ResultStore(store_path, settings)
     try:
-        return [run_basis(model, basis, x, bench, store, log) for basis in bases]
+        return [run_basis(model, basis, x, bench, store, log, p)
+                for basis, p in zip(bases, pairs)]
     finally:
         if store is not None:
             store.close()

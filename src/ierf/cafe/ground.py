@@ -18,14 +18,15 @@ import torch
 from safetensors.torch import save_file
 
 from ierf.cafe.attribution import latent_ierfs
-from ierf.cafe.insertion import model_grid, patch_scores, pool_to_patches
+from ierf.cafe.blanks import BLANKS, model_grid
+from ierf.cafe.insertion import patch_scores, pool_to_patches
 from ierf.cafe.latents import LatentPairs, check_basis, check_latents
 from ierf.cafe.nonlocality import NAMES, nonlocality
 from ierf.cafe.panels import save_latent_panel
 from ierf.cafe.scan import LatentScan, scan
 from ierf.cafe.streaming import ImageStream
 from ierf.concepts.basis import ConceptBasis
-from ierf.errors import IerfError
+from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
 from ierf.models.model import Model
 
@@ -105,14 +106,17 @@ class Grounding:
 def ground(model: Model, basis: ConceptBasis, images: ImageStream,
            latents: list[int] | torch.Tensor | None = None, n_latents: int = 8, top: int = 4,
            method: str = "attnlrp", readout: str = "peak", radius: int = 1,
-           batch_size: int = 64, progress: bool = False) -> Grounding:
+           blank: str = "zero", batch_size: int = 64, progress: bool = False) -> Grounding:
     """Ground ``latents`` of ``basis`` (default: ``n_latents`` chosen by
     :meth:`~ierf.cafe.scan.LatentScan.most_selective`) with their ``top`` images of ``images``
-    and ``method`` iERFs."""
+    and ``method`` iERFs (``blank``: the reference input of IG / KernelSHAP, made from the
+    grounded images as :func:`~ierf.cafe.blanks.blank_canvas` makes it)."""
     check_basis(model, basis)
     wanted = None if latents is None else check_latents(basis, latents)
     if top < 1:
         raise IerfError(f"top must be ≥ 1, got {top}")
+    if blank not in BLANKS:
+        raise unknown_name("blank", blank, BLANKS)
     if len(images) < top:
         raise IerfError(f"image set too small: {len(images)} images for the top {top} of "
                         "each latent; give more images or a smaller --top")
@@ -127,7 +131,7 @@ def ground(model: Model, basis: ConceptBasis, images: ImageStream,
     ids, local = pairs.image.unique(return_inverse=True)
     x = torch.cat([images.load(i, i + 1) for i in ids.tolist()]).to(model.device)
     pairs = LatentPairs(local, pairs.latent, pairs.position, pairs.activation, readout)
-    maps = latent_ierfs(model, basis, x, pairs, method)
+    maps = latent_ierfs(model, basis, x, pairs, method, baselines=blank)
     acts = patch_scores(model, basis, x, pairs, "activation") if basis.tokens != "cls" else \
         torch.full((len(pairs), model_grid(model)[0] * model_grid(model)[1]), float("nan"))
     grid = model_grid(model)

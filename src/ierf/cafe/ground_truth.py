@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ierf.cafe.attribution import latent_ierfs
-from ierf.cafe.insertion import model_grid, patch_scores
+from ierf.cafe.blanks import model_grid
+from ierf.cafe.insertion import patch_scores
 from ierf.cafe.latents import (
     LatentPairs,
     latent_activations,

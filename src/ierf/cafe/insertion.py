@@ -11,13 +11,9 @@ Rankings: a latent iERF pooled per patch (every method of :mod:`ierf.cafe.attrib
 the activation-ranking baseline (patches by the latent's activation at their own token;
 undefined for a CLS latent, which has no patch of its own), and ``random`` (chance).
 
-What "blank" is changes what the curve measures, so it is a parameter:
-
-- ``"zero"``: zeros after normalisation — the normalisation mean colour (mid-grey for the
-  toy models, the ImageNet mean colour for ImageNet models); the paper's blank canvas;
-- ``"mean"``: the per-pixel mean image of the image batch being tested;
-- ``"blur"``: a Gaussian-blurred copy of the image itself (σ = one patch), which keeps its
-  colours and layout and removes detail.
+The blank (``"zero"``, ``"mean"``, ``"blur"``) is a parameter because it changes what the curve
+measures: see :mod:`ierf.cafe.blanks`. The attributors that need a reference input use the
+same blank by default (:func:`ierf.cafe.attribution.latent_ierfs`' ``baselines``).
 """
 
 from __future__ import annotations
@@ -26,21 +22,15 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 
 from ierf.cafe.attribution import latent_score
+from ierf.cafe.blanks import blank_canvas, model_grid
 from ierf.cafe.latents import LatentPairs, PairTarget, check_basis, latent_activations
 from ierf.concepts.basis import ConceptBasis
 from ierf.errors import IerfError, unknown_name
 from ierf.models.model import Model
 
-BLANKS = ("zero", "mean", "blur")
 BASELINES = ("activation", "random")
-
-
-def model_grid(model: Model) -> tuple[int, int]:
-    """The patch grid insertion works on: a ViT's patch grid (8 × 8 cells for a CNN)."""
-    return tuple(model.patch_grid) if model.patch_grid is not None else (8, 8)
 
 
 def pool_to_patches(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -73,20 +63,6 @@ def patch_scores(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: Late
     z = latent_activations(model, basis, x, used)[:, -n:]              # (B, N, L) patches
     scores = z[pairs.image, :, column.to(z.device)]                   # (P, N)
     return torch.where(pairs.is_cls.to(z.device)[:, None], float("nan"), scores)
-
-
-def blank_canvas(x: torch.Tensor, kind: str = "zero", grid: tuple[int, int] = (8, 8)
-                 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` blank for each image of ``x`` (module docstring)."""
-    if kind == "zero":
-        return torch.zeros_like(x)
-    if kind == "mean":
-        return x.mean(0, keepdim=True).expand_as(x)
-    if kind == "blur":
-        sigma = x.shape[-1] / grid[1]
-        size = 2 * int(2 * sigma) + 1
-        return TF.gaussian_blur(x, [size, size], [sigma, sigma])
-    raise unknown_name("blank", kind, BLANKS)
 
 
 def insertion_ranks(scores: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,10 @@ def check_latents(basis: ConceptBasis, latents: torch.Tensor | list[int]) -> tor
 
 
 def check_basis(model: Model, basis: ConceptBasis) -> None:
-    """Refuse a basis of another model (name or weights) or a CLS basis on a CLS-less model."""
+    """Refuse a basis of another model (name or weights), of a layer the model lacks, or a
+    CLS basis on a CLS-less model (a basis of another width fails at its first encode)."""
     basis.check(model)
+    model.module(basis.layer)
     if basis.tokens != "patch" and not model.num_prefix_tokens:
         raise BasisMismatchError(f"this basis is for {basis.tokens!r} tokens but {model.name} "
                                  "has no CLS token")

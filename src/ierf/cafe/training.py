@@ -3,10 +3,13 @@
 
 :class:`SAETrainer` runs each image batch through the model once, for every layer asked
 for, and feeds each (layer, token kind)'s :class:`~ierf.cafe.streaming.TokenBuffer`; a full
-buffer is shuffled and drained into that SAE's Adam steps (``sae.loss``, then
-``sae.constrain``: any :class:`~ierf.concepts.extractors.SAEBase` of
-:data:`ierf.concepts.fitting.METHODS` trains this way). Each SAE's decoder bias starts at the
-mean of its first buffer.
+buffer is shuffled and drained into that extractor's :mod:`~ierf.cafe.learners` learner:
+Adam steps for any :class:`~ierf.concepts.extractors.SAEBase` of
+:data:`ierf.concepts.fitting.METHODS` (``sae.loss``, then ``sae.constrain``; the decoder
+bias starts at the mean of the first buffer), or mini-batch updates of
+:class:`~ierf.concepts.extractors.minibatch_kmeans.MiniBatchSphericalKMeans`
+(``minibatch-kmeans``: "any extractor allowed"; initialised by bisecting spherical k-means
+on the first buffer, encoding ``"nearest"`` so that its latents have gradients).
 
 Progress is checkpointed into ``OUT/checkpoint.safetensors`` (SAE weights, Adam moments,
 buffered tokens, random state, position in the stream, settings), written atomically; a
@@ -28,9 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ierf.cafe.learners import KMeansLearner, Learner, SAELearner
 from ierf.cafe.streaming import ImageStream, TokenBuffer
 from ierf.concepts.basis import TOKEN_KINDS, ConceptBasis
 from ierf.concepts.extractors import SAEBase, SparseAutoencoder, TopKSAE
+from ierf.concepts.extractors.base import default_n_concepts
+from ierf.concepts.extractors.minibatch_kmeans import MiniBatchSphericalKMeans
 from ierf.concepts.fitting import METHODS
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
@@ -41,6 +47,9 @@ from ierf.models.pfv import PFVs
 from ierf.store import ConfigMismatchError, as_stored, differences
 
 SAE_METHODS = tuple(name for name, cls in METHODS.items() if issubclass(cls, SAEBase))
+TRAIN_METHODS = (*SAE_METHODS, *(name for name, cls in METHODS.items()
+                                 if issubclass(cls, MiniBatchSphericalKMeans)))
+"""What :class:`SAETrainer` trains from the stream: the SAEs and mini-batch k-means."""
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -50,14 +59,15 @@ class SAETraining:
 
     Parameters
     ----------
-    method : one of :data:`SAE_METHODS` (default ``matryoshka-sae``, the paper's).
+    method : one of :data:`TRAIN_METHODS` (default ``matryoshka-sae``, the paper's;
+        ``minibatch-kmeans``: spherical k-means, one Lloyd-style update per minibatch).
     n_concepts : latents ``K`` (``None``: ``8 C``).
     k : active latents per token (TopK family).
     l1_coeff : λ of Eq. 9 (ReLU ``sae``).
     epochs : passes over the images (each one runs the model again).
     passes : Adam passes over each full buffer before it is refilled (reuses tokens: cheap
         extra steps on a small image set; 1 for a large one).
-    batch_size : tokens per Adam step.
+    batch_size : tokens per Adam step (per k-means update).
     buffer_tokens : capacity of each (layer, kind)'s buffer, in tokens.
     image_batch : images per forward pass.
     lr : Adam's learning rate.
@@ -77,8 +87,8 @@ class SAETraining:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in SAE_METHODS:
-            raise unknown_name("SAE method", self.method, SAE_METHODS)
+        if self.method not in TRAIN_METHODS:
+            raise unknown_name("training method", self.method, TRAIN_METHODS)
         for name in ("epochs", "passes", "batch_size", "buffer_tokens", "image_batch", "k"):
             if getattr(self, name) < 1:
                 raise IerfError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -86,12 +96,21 @@ class SAETraining:
             raise IerfError(f"the buffer ({self.buffer_tokens} tokens) must hold at least one "
                             f"minibatch ({self.batch_size} tokens)")
 
-    def build(self, n_features: int) -> SAEBase:
-        """A fresh SAE for ``n_features``-channel tokens."""
+    def build(self, n_features: int, device: torch.device | str = "cpu") -> Learner:
+        """A fresh learner (SAE and its optimiser, or k-means) for ``n_features``-channel
+        tokens."""
         cls = METHODS[self.method]
+        if issubclass(cls, MiniBatchSphericalKMeans):
+            return KMeansLearner(cls(self.n_concepts, batch_size=self.batch_size,
+                                     seed=self.seed, encoding="nearest"))
         opts = ({"k": self.k} if issubclass(cls, TopKSAE) else
                 {"l1_coeff": self.l1_coeff} if issubclass(cls, SparseAutoencoder) else {})
-        return cls(n_features, self.n_concepts, seed=self.seed, **opts)
+        sae = cls(n_features, self.n_concepts, seed=self.seed, **opts).to(device)
+        return SAELearner(sae, self.lr)
+
+    def n_latents(self, n_features: int) -> int:
+        """``K`` for ``n_features``-channel tokens."""
+        return default_n_concepts(n_features, self.n_concepts)
 
 
 def tokens_of(pfvs: PFVs, kind: str) -> torch.Tensor:
@@ -181,23 +200,27 @@ class SAETrainer:
     checkpoint_every: int = 20
 
     def _setup(self) -> None:
-        """Probe one image, build SAEs, optimisers and buffers, and load a checkpoint."""
+        """Probe one image, build learners and buffers, and load a checkpoint."""
         cfg = self.config
         if len(self.images) == 0:
             raise IerfError("the image set is empty")
         probe = self._tokens(self.images.load(0, 1))
-        short = [f"{self.name(*key)}: {len(self.images)} images × {len(t)} tokens"
-                 for key, t in probe.items() if len(self.images) * len(t) < cfg.batch_size]
+        need = {key: max(cfg.batch_size, cfg.n_latents(t.shape[1]) if cfg.method not in
+                         SAE_METHODS else 1) for key, t in probe.items()}
+        short = [f"{self.name(*key)}: {len(self.images)} images × {len(t)} tokens < "
+                 f"{need[key]}" for key, t in probe.items()
+                 if len(self.images) * len(t) < need[key]]
         if short:
-            raise IerfError(f"image set too small: {'; '.join(short)} < one minibatch of "
-                            f"{cfg.batch_size} tokens; give more images or a smaller batch size")
-        self.saes: dict[tuple[str, str], SAEBase] = {}
-        self.opts: dict[tuple[str, str], torch.optim.Adam] = {}
+            raise IerfError(f"image set too small: {'; '.join(short)} tokens (one minibatch of "
+                            f"{cfg.batch_size}; k-means also needs one token per cluster); "
+                            "give more images or a smaller batch size / fewer concepts")
+        if cfg.method not in SAE_METHODS and cfg.buffer_tokens < max(need.values()):
+            raise IerfError(f"k-means starts from one buffer: --buffer {cfg.buffer_tokens} "
+                            f"must hold at least {max(need.values())} tokens (one per cluster)")
+        self.learners: dict[tuple[str, str], Learner] = {}
         self.buffers: dict[tuple[str, str], TokenBuffer] = {}
         for key, t in probe.items():
-            sae = cfg.build(t.shape[1]).to(self.device)
-            self.saes[key] = sae
-            self.opts[key] = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+            self.learners[key] = cfg.build(t.shape[1], self.device)
             self.buffers[key] = TokenBuffer(cfg.buffer_tokens, t.shape[1], self.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.position = 0
@@ -221,33 +244,26 @@ class SAETrainer:
                 self._train(key)
 
     def _train(self, key: tuple[str, str]) -> None:
-        """Drain ``key``'s buffer into Adam steps on its SAE."""
-        sae, opt, buffer = self.saes[key], self.opts[key], self.buffers[key]
+        """Drain ``key``'s buffer into its learner's steps (started on the first buffer)."""
+        learner, buffer = self.learners[key], self.buffers[key]
         name = self.name(*key)
-        if self.steps[name] == 0 and sae.decoder.bias is not None:
-            with torch.no_grad():
-                sae.decoder.bias.copy_(buffer.data[:buffer.size].mean(0))
-        sae.train()
+        if self.steps[name] == 0:
+            learner.start(buffer.data[:buffer.size])
         total, count = 0.0, 0
         for batch in buffer.drain(self.config.batch_size, self.generator,
                                    self.config.passes):
-            loss = sae.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sae.constrain()
+            loss = learner.step(batch)
             self.steps[name] += 1
-            total, count = total + loss.item() * len(batch), count + len(batch)
-        sae.eval()
+            total, count = total + loss * len(batch), count + len(batch)
         self.losses[name] = total / max(count, 1)
 
     # -- files ------------------------------------------------------------------------------
 
     def _save(self) -> dict[str, ConceptBasis]:
         bases = {}
-        for (layer, kind), sae in self.saes.items():
+        for (layer, kind), learner in self.learners.items():
             name = self.name(layer, kind)
-            basis = ConceptBasis.bind(sae, self.model, layer, tokens=kind,
+            basis = ConceptBasis.bind(learner.extractor, self.model, layer, tokens=kind,
                                       method=self.config.method, images=self.images.describe(),
                                       steps=self.steps[name], final_loss=self.losses.get(name),
                                       training=self.settings)
@@ -275,13 +291,9 @@ class SAETrainer:
 
     def _checkpoint(self) -> None:
         tensors = {"rng": self.generator.get_state()}
-        for key, sae in self.saes.items():
+        for key, learner in self.learners.items():
             name = self.name(*key)
-            for k, v in sae.state_dict().items():
-                tensors[f"{name}/sae/{k}"] = v
-            for i, state in self.opts[key].state_dict()["state"].items():
-                for k, v in state.items():
-                    tensors[f"{name}/adam/{i}/{k}"] = torch.as_tensor(v)
+            tensors.update({f"{name}/{k}": v for k, v in learner.state().items()})
             for k, v in self.buffers[key].state().items():
                 tensors[f"{name}/buffer/{k}"] = v
         meta = {"settings": self.settings, "position": self.position, "steps": self.steps,
@@ -307,18 +319,12 @@ class SAETrainer:
                                       f"({'; '.join(changes)}); re-run with the same options "
                                       "to resume, or choose another output folder")
         self.generator.set_state(tensors["rng"].cpu())
-        for key, sae in self.saes.items():
+        self.position, self.steps, self.losses = meta["position"], meta["steps"], meta["losses"]
+        for key, learner in self.learners.items():
             name = self.name(*key)
-            sae.load_state_dict({k.removeprefix(f"{name}/sae/"): v for k, v in tensors.items()
-                                 if k.startswith(f"{name}/sae/")})
-            opt = self.opts[key]
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for k, v in tensors.items():
-                if k.startswith(f"{name}/adam/"):
-                    i, field = k.removeprefix(f"{name}/adam/").split("/")
-                    state.setdefault(int(i), {})[field] = v.cpu() if field == "step" else v
-            opt.load_state_dict({"state": state,
-                                 "param_groups": opt.state_dict()["param_groups"]})
+            mine = {k.removeprefix(f"{name}/"): v for k, v in tensors.items()
+                    if k.startswith(f"{name}/") and not k.startswith(f"{name}/buffer/")}
+            if self.steps[name]:            # a learner that has not started has no state
+                learner.load_state(mine)
             self.buffers[key].load_state({k: tensors[f"{name}/buffer/{k}"]
                                           for k in ("data", "overflow")})
-        self.position, self.steps, self.losses = meta["position"], meta["steps"], meta["losses"]

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated rankings (default all: {', '.join(RANKING_NAMES)})")
     p.add_argument("--blanks", default="zero", help="comma-separated blanks: zero (zeros "
                    "after normalisation), mean (mean image), blur (blurred copy); default zero")
+    p.add_argument("--baseline", default="blank", choices=("blank", *BLANK_NAMES),
+                   help="reference input of integrated-gradients and kernelshap: blank (the "
+                   "blank each insertion curve starts from; default) or one fixed blank")
     p.add_argument("--latents", type=int, default=16,
                    help="latents per basis, drawn among those active (default 16)")
     p.add_argument("--per-latent", type=int, default=4,
@@ -66,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model(bases[0].model, weights=args.weights)
     model.net.to(args.device)
     bench = CafeBench(rankings=_split(args.rankings), blanks=_split(args.blanks),
+                      baseline=args.baseline,
                       n_latents=args.latents, per_latent=args.per_latent,
                       readout=args.readout, steps=args.steps, ig_steps=args.ig_steps,
                       seed=args.seed)

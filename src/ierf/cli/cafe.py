@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: :data:`ierf.cafe.training.SAE_METHODS` and :data:`ierf.cafe.attribution.METHODS`, here so
-#: that ``--help`` needs no torch
-SAE_METHOD_NAMES = ("sae", "topk-sae", "matryoshka-sae", "bias-free-topk-sae")
+#: :data:`ierf.cafe.training.TRAIN_METHODS` and :data:`ierf.cafe.attribution.METHODS`, here
+#: so that ``--help`` needs no torch
+SAE_METHOD_NAMES = ("sae", "topk-sae", "matryoshka-sae", "bias-free-topk-sae",
+                    "minibatch-kmeans")
 CAFE_METHOD_NAMES = ("attnlrp", "srd", "integrated-gradients", "gradient", "grad-x-input",
                      "kernelshap")
 TOKEN_CHOICES = ("patch", "cls", "all")
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--tokens", default="patch", help="patch, cls or all (CLS and patch tokens "
                    "in one SAE); a comma list trains one SAE per kind (default patch)")
     t.add_argument("--method", default="matryoshka-sae", choices=SAE_METHOD_NAMES,
-                   help="SAE (default matryoshka-sae, as the paper)")
+                   help="SAE (default matryoshka-sae, as the paper), or minibatch-kmeans: "
+                   "spherical k-means trained from the same token stream")
     t.add_argument("--n-concepts", type=int, help="latents K (default 8 × channels)")
     t.add_argument("--k", type=int, default=8, help="active latents per token, TopK family "
                    "(default 8)")
@@ -63,9 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attribution method of the iERFs (default attnlrp)")
     g.add_argument("--readout", default="peak", choices=("peak", "sum"),
                    help="z_k(I): the latent at its firing token (peak) or summed over tokens")
+    g.add_argument("--blank", default="zero", choices=("zero", "mean", "blur"),
+                   help="reference input of integrated-gradients and kernelshap: zeros after "
+                   "normalisation (default), the mean image, or a blurred copy (docs/cafe.md)")
     _common(g)
     g.add_argument("-o", "--out", required=True, help="output folder")
     g.set_defaults(run=_ground)
+    from ierf.cli.cafe_report import register as add_report  # the dashboard (explorer)
+    add_report(csub)
 
 
 def _images(p: argparse.ArgumentParser, split: str) -> None:
@@ -123,7 +130,8 @@ def _ground(args: argparse.Namespace) -> int:
     images = image_stream(args.images, args.n, model, "val")
     latents = [int(i) for i in _split(args.latents)] if args.latents else None
     result = ground(model, basis, images, latents, n_latents=args.n_latents, top=args.top,
-                    method=args.method, readout=args.readout, progress=not args.no_progress)
+                    method=args.method, readout=args.readout, blank=args.blank,
+                    progress=not args.no_progress)
     written = result.write(args.out, model, [images.ids[i] for i in result.image_ids.tolist()])
     for row in result.latent_rows():
         head = f"{'CLS latent' if row['tokens'] == 'cls' else 'latent'} {row['latent']}: " \

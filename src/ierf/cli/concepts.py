@@ -8,7 +8,8 @@ from pathlib import Path
 from ierf.errors import IerfError
 
 #: the names of :data:`ierf.concepts.fitting.METHODS`, here so that ``--help`` needs no torch
-METHOD_NAMES = ("kmeans", "dictionary", "sae", "topk-sae", "matryoshka-sae", "bias-free-topk-sae")
+METHOD_NAMES = ("kmeans", "minibatch-kmeans", "dictionary", "sae", "topk-sae", "matryoshka-sae",
+                "bias-free-topk-sae")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

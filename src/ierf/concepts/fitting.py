@@ -26,6 +26,7 @@ from ierf.concepts.extractors import (
     TopKSAE,
 )
 from ierf.concepts.extractors.base import check_pfvs, default_n_concepts
+from ierf.concepts.extractors.minibatch_kmeans import MiniBatchSphericalKMeans
 from ierf.errors import IerfError, unknown_name
 from ierf.models.hooks import forward_hooks
 from ierf.models.model import Model
@@ -33,6 +34,7 @@ from ierf.registry import Registry
 
 METHODS: Registry[type[ConceptExtractor]] = Registry("concept method", {
     "kmeans": BisectingSphericalKMeans,
+    "minibatch-kmeans": MiniBatchSphericalKMeans,
     "dictionary": DictionaryLearner,
     "sae": SparseAutoencoder,
     "topk-sae": TopKSAE,
