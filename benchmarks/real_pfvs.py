@@ -1,9 +1,10 @@
 """Real PFVs for the concept benchmarks: EfficientNet-Lite0 ``blocks.5`` (C = 192) of augmented
 bundled photos (random resized crops + horizontal flips; ``stereo_motorcycle`` is its left view),
-the recipe of issue 11.
+the recipe of issue 11, and toy-resnet PFVs of the synthetic benchmark.
 
-    from real_pfvs import augmented_pfvs
+    from real_pfvs import augmented_pfvs, toy_pfvs
     X = augmented_pfvs(n_crops=75, seed=0)        # (75·196, 192) float32
+    T = toy_pfvs(n_images=230)                    # (230·64, 64) toy-resnet layer3
 """
 
 from __future__ import annotations
@@ -46,3 +47,18 @@ def augmented_pfvs(n_crops: int, seed: int = 0, layer: str = "blocks.5",
     crops = TF.normalize(crops.clamp(0, 1), p.mean, p.std)
     return torch.cat([model.pfvs(crops[i:i + batch], layer)[layer].vectors.flatten(0, 1)
                       for i in range(0, n_crops, batch)])
+
+
+@torch.no_grad()
+def toy_pfvs(n_images: int, seed: int = 0, split: str = "train", layer: str = "layer3",
+             batch: int = 50) -> torch.Tensor:
+    """PFVs (``n_images · H·W``, C) of toy-resnet on synthetic-benchmark images
+    (:func:`ierf.data.synthetic.generate`); ``layer3``: 64 PFVs of C = 64 per image."""
+    from ierf.data.synthetic import generate
+    from ierf.models.toy import TOY_MEAN, TOY_STD
+
+    model = ierf.load_model("toy-resnet")
+    mean, std = torch.tensor(TOY_MEAN)[:, None, None], torch.tensor(TOY_STD)[:, None, None]
+    x = (generate(n_images, seed=seed, split=split).images - mean) / std
+    return torch.cat([model.pfvs(x[i:i + batch], layer)[layer].vectors.flatten(0, 1)
+                      for i in range(0, n_images, batch)])

@@ -107,3 +107,64 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert torch.equal(loaded.decode(km.encode(X)), km.decode(km.encode(X)))
     with pytest.raises(IerfError):
         BisectingSphericalKMeans().encode(X)
+
+
+@pytest.fixture(scope="module")
+def toy_layer3(toy) -> torch.Tensor:
+    """Unit-normalised toy-resnet ``layer3`` PFVs (C = 64) of 24 synthetic-benchmark images."""
+    from ierf.data.synthetic import generate
+    from ierf.models.toy import TOY_MEAN, TOY_STD
+
+    mean, std = torch.tensor(TOY_MEAN)[:, None, None], torch.tensor(TOY_STD)[:, None, None]
+    x = (generate(24, seed=0, split="train").images - mean) / std
+    with torch.no_grad():
+        X = toy.pfvs(x, "layer3")["layer3"].vectors.flatten(0, 1)
+    return F.normalize(X, dim=1)
+
+
+def test_batched_splits_form_a_bisection_tree(toy_layer3: torch.Tensor) -> None:
+    """Every split cluster has two children whose members partition its members, halves of
+    a spherical 2-means split; clusters are split largest first up to a factor two."""
+    Z, K = toy_layer3, 96
+    labels, tree = bisecting_spherical_kmeans(Z, K, seed=1, return_tree=True)
+    assert torch.equal(torch.bincount(labels, minlength=K), tree.sizes[:K])
+    internal = torch.arange(K, 2 * K - 1)
+    children = [(tree.parents == node).nonzero().flatten() for node in internal.tolist()]
+    assert all(len(c) == 2 for c in children)
+    for node, (a, b) in zip(internal.tolist(), children):
+        members = torch.isin(labels, tree.leaves(node))
+        halves = [torch.isin(labels, tree.leaves(int(c))) for c in (a, b)]
+        assert torch.equal(halves[0] ^ halves[1], members) and not (halves[0] & halves[1]).any()
+        assert int(members.sum()) == int(tree.sizes[node])
+        # each half lies closer (in cosine) to its own mean direction than to the other's
+        # on average: a 2-means split, not an arbitrary one
+        c = F.normalize(torch.stack([Z[h].sum(0) for h in halves]), dim=1)
+        assert ((Z[halves[0]] @ (c[0] - c[1])).mean() > 0) & ((Z[halves[1]] @ (c[1] - c[0])
+                                                              ).mean() > 0)
+    split_sizes = tree.sizes[K:]
+    assert (split_sizes[1:] <= 2 * torch.cummin(split_sizes, 0).values[:-1]).all()
+
+
+def test_not_worse_than_sklearn_on_real_pfvs(toy_layer3: torch.Tensor) -> None:
+    """Spherical inertia on real toy-resnet PFVs, against scikit-learn's ``BisectingKMeans``
+    (largest cluster first, same restarts) on the same unit rows, summed over two seeds;
+    K = 4·C keeps it fast (``benchmarks/bench_kmeans.py`` compares at 8·C)."""
+    Z, K = toy_layer3, 4 * toy_layer3.shape[1]
+    ours = [spherical_inertia(Z, bisecting_spherical_kmeans(Z, K, seed=s)) for s in range(2)]
+    theirs = [spherical_inertia(Z, torch.from_numpy(BisectingKMeans(
+        K, bisecting_strategy="largest_cluster", n_init=3, random_state=s).fit(
+        Z.numpy()).labels_).long()) for s in range(2)]
+    assert sum(ours) <= 1.01 * sum(theirs)
+
+
+def test_seeded_runs_repeat_and_tolerance_zero_converges(toy_layer3: torch.Tensor) -> None:
+    Z = toy_layer3[:600]
+    a = bisecting_spherical_kmeans(Z, 40, seed=3, return_tree=True)
+    b = bisecting_spherical_kmeans(Z, 40, seed=3, return_tree=True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1].parents, b[1].parents)
+    assert not torch.equal(a[0], bisecting_spherical_kmeans(Z, 40, seed=4))
+    # tol = 0 runs every split to a fixed point: one more Lloyd step (assign each row to the
+    # nearer half's mean direction) moves no row of the last split
+    labels = bisecting_spherical_kmeans(Z, 2, tol=0.0)
+    c = F.normalize(torch.stack([Z[labels == k].sum(0) for k in range(2)]), dim=1)
+    assert torch.equal((Z @ (c[1] - c[0]) > 0).long(), labels)

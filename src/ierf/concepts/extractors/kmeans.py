@@ -3,7 +3,8 @@
 1. Centre and unit-normalise every PFV: ``v'_i = (v_i − μ_BN) / ‖v_i − μ_BN‖``.
 2. Start with one cluster; repeatedly split the *largest* cluster (most members) in two with
    spherical 2-means (cosine similarity, centroids ``c = Σ v'_i / ‖Σ v'_i‖``), keeping the
-   best of a few random restarts, until there are ``K`` clusters.
+   best of a few random restarts, until there are ``K`` clusters. The splits run batched,
+   all clusters of similar size at once (:mod:`ierf.concepts.two_means`).
 3. Concept vector of a cluster = plain average of its members' centred PFVs ``v_i − μ_BN``.
 
 The splits form a binary tree (:class:`ClusterTree`, ``BisectingSphericalKMeans.tree``): its
@@ -29,73 +30,13 @@ from ierf.concepts.extractors.base import (
     check_pfvs,
     default_n_concepts,
 )
+from ierf.concepts.two_means import spherical_two_means
 from ierf.errors import IerfError
 
 
-def spherical_two_means(Z: torch.Tensor, segment: torch.Tensor, n_segments: int, *,
-                        n_init: int, max_iter: int, generator: torch.Generator) -> torch.Tensor:
-    """Split every segment of unit rows ``Z (M, C)`` by spherical 2-means (GIG App. B, step 2).
-
-    ``segment (M,)`` (sorted, every segment of ``≥ 2`` rows) says which cluster each row
-    belongs to; all clusters and all ``n_init`` restarts run batched. Each restart seeds its
-    two centroids with two distinct random rows of the cluster and alternates cosine
-    assignment (``z·c₁ > z·c₀``) and normalised-sum centroid updates until no assignment
-    changes (or ``max_iter``). Per cluster, the restart with the highest total cosine
-    similarity to its centroids (lowest spherical inertia) wins.
-
-    Returns
-    -------
-    (M,) bool: ``True`` for the rows of the second half (the half without the cluster's
-    first row). Both halves of every cluster are non-empty.
-    """
-    m, c = Z.shape
-    sizes = torch.bincount(segment, minlength=n_segments)
-    starts = torch.cumsum(sizes, 0) - sizes
-    position = torch.arange(m, device=Z.device) - starts[segment]
-    padded = Z.new_zeros(n_segments, int(sizes.max()), c)               # (S, L, C)
-    padded[segment, position] = Z
-    valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=Z.device)
-    valid[segment, position] = True
-    total = padded.sum(1, keepdim=True)                                 # (S, 1, C)
-    size_cpu = sizes.cpu()[:, None]
-    first = (torch.rand(n_segments, n_init, generator=generator) * size_cpu).long()
-    rows = torch.arange(n_segments, device=Z.device)[:, None]
-    seed = padded[rows, first.to(Z.device)]                              # (S, R, C)
-    # k-means++ second seed: drawn with probability ∝ 1 − cos to the first (Arthur & Vassilvitskii)
-    weight = ((1 - padded @ seed.transpose(1, 2)).clamp_min(0) * valid[..., None]).transpose(1, 2)
-    weight = torch.where(weight.sum(-1, keepdim=True) > 0, weight, valid[:, None].to(Z.dtype))
-    draw = torch.rand(weight.shape[:2], generator=generator).to(Z.device)
-    second = torch.searchsorted(weight.cumsum(-1), (draw * weight.sum(-1))[..., None]).squeeze(-1)
-    centroids = torch.stack([seed, padded[rows, second.clamp_max(padded.shape[1] - 1)]], 2)
-    assign = torch.zeros(*padded.shape[:2], n_init, dtype=torch.bool, device=Z.device)
-    score = Z.new_zeros(n_segments, n_init)
-    live = torch.arange(n_segments, device=Z.device)   # segments whose assignment still moves
-    x, ok, tot, a = padded, valid[..., None], total, assign
-    for step in range(max_iter):
-        delta = centroids[:, :, 1] - centroids[:, :, 0]                  # (S, R, C)
-        new = (x @ delta.transpose(1, 2) > 0) & ok                         # (S, L, R)
-        ones = new.transpose(1, 2).to(Z.dtype) @ x                        # (S, R, C)
-        sums = torch.stack([tot - ones, ones], 2)                         # (S, R, 2, C)
-        norms = sums.norm(dim=-1, keepdim=True)
-        centroids = torch.where(norms > 0, sums / norms.clamp_min(1e-30), centroids)
-        assign[live], score[live] = new, norms.squeeze(-1).sum(-1)
-        moving = (new != a).flatten(1).any(1) | (step == 0)
-        live, x, ok, tot, a, centroids = (t[moving] for t in (live, x, ok, tot, new, centroids))
-        if not len(live):
-            break
-    best = score.argmax(1)                        # Σ_i cos(z_i, c_k(i)) for normalised sums
-    split = assign[segment, position, best[segment]]
-    # orient every split so that the cluster's first row stays in the first half: restarts
-    # that found the same partition with the halves swapped (equal scores up to rounding,
-    # which depends on the BLAS path) then give the same labels
-    split = split ^ split[starts][segment]
-    second_size = torch.zeros_like(sizes).index_add_(0, segment, split.long())
-    lone = (second_size == 0) | (second_size == sizes)   # rows coincide: split one row off
-    return torch.where(lone[segment], position == 0, split)
-
-
 def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int = 3,
-                               max_iter: int = 100, seed: int = 0, return_tree: bool = False
+                               max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
+                               return_tree: bool = False
                                ) -> torch.Tensor | tuple[torch.Tensor, ClusterTree]:
     """Cluster labels of unit rows ``Z (N, C)`` by bisecting spherical k-means (GIG App. B).
 
@@ -103,8 +44,9 @@ def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int 
     :func:`spherical_two_means`, the largest clusters whose size is at least half the size
     of the largest one (at most the number of labels still to give), so the order of GIG's
     "split the largest cluster" is kept up to a factor two in size. The second half of each
-    split gets the next free label. Deterministic given ``seed`` (restart seeds are drawn on
-    the CPU).
+    split gets the next free label. A split stops iterating once at most ``tol`` times its
+    rows change half in an iteration (``tol = 0``: at a fixed point), or after ``max_iter``
+    assignments. Deterministic given ``seed`` (restart seeds are drawn on the CPU).
 
     Returns
     -------
@@ -114,6 +56,9 @@ def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int 
     n = Z.shape[0]
     if not 1 <= n_clusters <= n:
         raise IerfError(f"need 1 <= n_clusters <= number of PFVs ({n}), got {n_clusters}")
+    if n_init < 1 or max_iter < 1 or not 0 <= tol < 1:
+        raise IerfError(f"need n_init >= 1, max_iter >= 1 and 0 <= tol < 1, got n_init = "
+                        f"{n_init}, max_iter = {max_iter}, tol = {tol}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.zeros(n, dtype=torch.long, device=Z.device)
     K = n_clusters
@@ -133,7 +78,7 @@ def bisecting_spherical_kmeans(Z: torch.Tensor, n_clusters: int, *, n_init: int 
         members = members[torch.argsort(rank[labels[members]], stable=True)]
         segment = rank[labels[members]]
         split = spherical_two_means(Z[members], segment, len(chosen), n_init=n_init,
-                                    max_iter=max_iter, generator=generator)
+                                    max_iter=max_iter, tol=tol, generator=generator)
         labels[members[split]] = k + segment[split]
         # the split of cluster chosen[i] is internal node K + (k − 1) + i; its halves keep
         # label chosen[i] and take label k + i
@@ -300,6 +245,8 @@ class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
         :meth:`decode` (GIG Eq. 8–9); see :func:`ierf.concepts.bn_shift`.
     n_init : random restarts of every spherical 2-means split.
     max_iter : most iterations of every spherical 2-means split.
+    tol : a split stops once at most this fraction of its rows changes half in an
+        iteration (summed over the restarts); ``0``: iterate to a fixed point.
     seed : seed of the restarts.
     encoding : how :meth:`encode` finds coefficients. ``"lasso"`` (default, the papers'
         Eq. 12): :func:`ierf.concepts.decompose` of the centred PFVs over the dictionary.
@@ -315,7 +262,7 @@ class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
     """
 
     def __init__(self, n_concepts: int | None = None, *, center: torch.Tensor | None = None,
-                 n_init: int = 3, max_iter: int = 100, seed: int = 0,
+                 n_init: int = 3, max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
                  encoding: Literal["lasso", "nearest"] = "lasso", alpha: float = 0.01,
                  positive: bool = False, lasso_max_iter: int = 1000,
                  lasso_tol: float = 1e-4) -> None:
@@ -323,7 +270,7 @@ class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
             raise IerfError(f"encoding must be 'lasso' or 'nearest', got {encoding!r}")
         self.n_concepts = n_concepts
         self.center = None if center is None else torch.as_tensor(center).detach()
-        self.n_init, self.max_iter, self.seed = n_init, max_iter, seed
+        self.n_init, self.max_iter, self.tol, self.seed = n_init, max_iter, tol, seed
         self.encoding, self.alpha, self.positive = encoding, alpha, positive
         self.lasso_max_iter, self.lasso_tol = lasso_max_iter, lasso_tol
         self.dictionary_: torch.Tensor | None = None
@@ -339,7 +286,7 @@ class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
         k = default_n_concepts(X.shape[1], self.n_concepts)
         self.labels_, self.tree_ = bisecting_spherical_kmeans(
             F.normalize(Xc, dim=1), k, n_init=self.n_init, max_iter=self.max_iter,
-            seed=self.seed, return_tree=True)
+            tol=self.tol, seed=self.seed, return_tree=True)
         self.dictionary_ = cluster_means(Xc, self.labels_, k)
         return self
 
@@ -369,7 +316,7 @@ class BisectingSphericalKMeans(FittedDictionary, ConceptExtractor):
 
     def config(self) -> dict[str, Any]:
         return {"n_concepts": self.n_concepts, "n_init": self.n_init, "max_iter": self.max_iter,
-                "seed": self.seed, "encoding": self.encoding, "alpha": self.alpha,
+                "tol": self.tol, "seed": self.seed, "encoding": self.encoding, "alpha": self.alpha,
                 "positive": self.positive, "lasso_max_iter": self.lasso_max_iter,
                 "lasso_tol": self.lasso_tol}
 
