@@ -4,6 +4,7 @@ refusals (nothing is written when the input is bad)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -78,6 +79,18 @@ def test_ground_writes_panels_and_statistics(saes, tmp_path, capsys, kind) -> No
     assert len(rows) >= 3
     text = capsys.readouterr().out
     assert "fires on" in text and ("CLS latent" in text) == (kind == "cls")
+    # the provenance `ierf cafe report` reloads the model, the basis and the images from
+    basis = ConceptBasis.load(saes / f"blocks.1-{kind}")
+    rec = json.loads((out / "grounding.json").read_text())
+    assert (rec["format"], rec["format_version"]) == ("ierf-cafe-grounding", 1)
+    assert rec["basis"] == {"path": str(saes / f"blocks.1-{kind}"),
+                            "resolved": str((saes / f"blocks.1-{kind}").resolve())}
+    assert (rec["model"], rec["fingerprint"], rec["weights"]) == \
+        (basis.model, basis.fingerprint, "pretrained")
+    assert (rec["layer"], rec["tokens"], rec["method"], rec["readout"], rec["blank"]) == \
+        ("blocks.1", kind, "attnlrp", "peak", "zero")
+    assert (rec["images"], rec["n"]) == ("benchmark:0:val", 6)
+    assert sorted(rec["latents"]) == sorted(set(maps["latent"].tolist()))
 
 
 def test_bench_cafe_prints_the_table_and_resumes(saes, tmp_path, capsys) -> None:

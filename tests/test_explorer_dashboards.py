@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ierf.explorer.dashboard_page import DASH_SCRIPTS, DASHBOARD_VERSION, payloa
 from ierf.explorer.page import static
 from ierf.graph.concept_graph import ConceptGraph, Edges, LayerNodes
 from ierf.graph.export import to_dict
+from ierf.models import load_model
 from ierf.viz.cards import nearest_samples
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -287,9 +289,16 @@ def test_latent_payload_is_the_grounding(grounding, tmp_path, kind) -> None:
     assert done.items == len(s["items"])
 
 
+def older(grounding: Path, tmp_path: Path) -> Path:
+    """A copy of ``grounding`` as ierf wrote it before ``grounding.json``."""
+    return Path(shutil.copytree(grounding, tmp_path / "older",
+                                ignore=shutil.ignore_patterns("grounding.json")))
+
+
 def test_latents_without_the_images_draw_on_grey(grounding, tmp_path, capsys) -> None:
     out = tmp_path / "bare.html"
-    assert main(["cafe", "report", str(grounding["patch"]), "-o", str(out)]) == 0
+    assert main(["cafe", "report", str(older(grounding["patch"], tmp_path)), "-o",
+                 str(out)]) == 0
     assert "2 latents" in capsys.readouterr().out
     data = page_data(out)
     assert "give --basis and --images" in data["dashboard"]["warnings"][0]
@@ -298,12 +307,59 @@ def test_latents_without_the_images_draw_on_grey(grounding, tmp_path, capsys) ->
     assert all("curves" not in p for i in s["items"] for p in i["pairs"])
 
 
+def test_report_reloads_what_ground_recorded(grounding, tmp_path, capsys) -> None:
+    """Without flags, the page is the one made with the flags given to `ierf cafe ground`."""
+    folder = grounding["patch"]
+    bare, given = tmp_path / "bare.html", tmp_path / "given.html"
+    assert main(["cafe", "report", str(folder), "-o", str(bare), "--steps", "2"]) == 0
+    assert main(["cafe", "report", str(folder), "-o", str(given), "--steps", "2", "--basis",
+                 str(grounding["basis-patch"]), "--images", "benchmark", "--n", "4"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    data = page_data(bare)
+    assert data == page_data(given)
+    (s,) = data["sets"]
+    assert s["images_shown"] and s["insertion"] == {"rankings": ["ierf", "activation",
+                                                                 "random"], "steps": 2}
+    assert all(len(p["curves"]["ierf"]) == 3 for i in s["items"] for p in i["pairs"])
+
+
+def test_a_moved_or_refitted_basis_is_refused(grounding, tmp_path) -> None:
+    basis, moved, out = tmp_path / "sae", tmp_path / "sae-moved", tmp_path / "never.html"
+    shutil.copytree(grounding["basis-patch"], basis)
+    assert main(["cafe", "ground", str(basis), "--images", "benchmark", "--n", "4",
+                 "--latents", str(int(load_file(grounding["patch"] / "maps.safetensors")
+                                      ["latent"][0])), "--top", "2", "--method", "gradient",
+                 "-o", str(tmp_path / "ground"), "--no-progress"]) == 0
+    basis.rename(moved)
+    with pytest.raises(IerfError, match=r"^the basis .*sae that .*ground was grounded with "
+                       r"is no longer at .*sae: pass --basis with its new folder$"):
+        export_latents(tmp_path / "ground", out)
+    done = export_latents(tmp_path / "ground", tmp_path / "l.html", basis=moved, steps=0)
+    assert page_data(done.path)["sets"][0]["images_shown"]
+    torch.manual_seed(1)       # same model and layer, other weights: another fingerprint
+    ConceptBasis.bind(TopKSAE(96, 8, k=2, seed=1), load_model("toy-vit", weights=None),
+                      "blocks.1").save(basis)
+    with pytest.raises(IerfError, match=r"sae is a basis of other toy-vit weights than .* "
+                       r"\(fingerprint .*\): pass --basis with the basis of `ierf cafe ground`"):
+        export_latents(tmp_path / "ground", out)
+    assert not out.exists()
+
+
 def test_bad_groundings_are_refused(grounding, tmp_path) -> None:
     out = tmp_path / "never.html"
     with pytest.raises(IerfError, match="not a CAFE grounding"):
         export_latents(tmp_path, out)
-    with pytest.raises(IerfError, match="give both --basis and --images"):
-        export_latents(grounding["patch"], out, basis=grounding["basis-patch"])
+    with pytest.raises(IerfError, match="give both --basis and --images .*no grounding.json"):
+        export_latents(older(grounding["patch"], tmp_path), out,
+                       basis=grounding["basis-patch"])
+    newer = shutil.copytree(grounding["patch"], tmp_path / "newer")
+    rec = json.loads((newer / "grounding.json").read_text())
+    (newer / "grounding.json").write_text(json.dumps({**rec, "format_version": 99}))
+    with pytest.raises(IerfError, match="format version 99, this ierf reads 1"):
+        export_latents(newer, out)
+    (newer / "grounding.json").write_text(json.dumps({**rec, "basis": "elsewhere"}))
+    with pytest.raises(IerfError, match="lacks basis.resolved; run `ierf cafe ground` again"):
+        export_latents(newer, out)
     with pytest.raises(IerfError, match="give the --images and --n of `ierf cafe ground`"):
         export_latents(grounding["patch"], out, basis=grounding["basis-patch"],
                        images="benchmark", n=2, steps=0)

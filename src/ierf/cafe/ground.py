@@ -4,13 +4,16 @@ For each latent: its top images over an image stream (:mod:`ierf.cafe.scan`), it
 activation on every patch token there (the activation-ranking view), its iERF on each
 (Eq. 10) and the non-locality of that evidence (:mod:`ierf.cafe.nonlocality`). Everything
 is computed before anything is written; :meth:`Grounding.write` then puts one PNG panel per
-latent and the statistics (``latents.csv``, ``pairs.csv``) into a folder, each file atomically.
+latent, the statistics (``latents.csv``, ``pairs.csv``), the maps and the grounding's
+provenance (``grounding.json``: what ``ierf cafe report`` needs to reload the model, the basis
+and the images) into a folder, each file atomically.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +33,15 @@ from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
 from ierf.models.model import Model
 
+#: ``grounding.json``: the format name and the version :func:`read_provenance` reads
+PROVENANCE, FORMAT, FORMAT_VERSION = "grounding.json", "ierf-cafe-grounding", 1
+
 
 @dataclass
 class Grounding:
     """Grounded latents: ``pairs`` index ``images`` (model inputs of stream images
     ``image_ids``); ``ierfs`` (P, H, W), ``activations`` (P, N) per patch token (NaN for CLS
-    pairs), ``stats`` name → (P,) non-locality."""
+    pairs), ``stats`` name → (P,) non-locality; ``blank`` the reference input of the iERFs."""
 
     basis: ConceptBasis
     method: str
@@ -47,6 +53,16 @@ class Grounding:
     ierfs: torch.Tensor
     activations: torch.Tensor
     stats: dict[str, torch.Tensor]
+    blank: str = "zero"
+
+    def provenance(self) -> dict[str, object]:
+        """What was grounded and how: format, model and weights fingerprint, layer, token
+        kind, method, readout, blank and the latents (the sources are the caller's)."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.basis.model,
+                "fingerprint": self.basis.fingerprint, "layer": self.basis.layer,
+                "tokens": self.basis.tokens, "method": self.method,
+                "readout": self.pairs.readout, "blank": self.blank,
+                "latents": self.latents.tolist()}
 
     def latent_rows(self) -> list[dict[str, object]]:
         """One summary per latent: how often and how strongly it fires, and the mean
@@ -66,11 +82,12 @@ class Grounding:
             rows.append(row)
         return rows
 
-    def write(self, out: str | Path, model: Model, image_names: list[str] | None = None
-              ) -> list[Path]:
-        """Write ``latent-<k>.png`` panels, ``latents.csv``, ``pairs.csv`` and ``maps.safetensors``
+    def write(self, out: str | Path, model: Model, image_names: list[str] | None = None,
+              sources: dict[str, object] | None = None) -> list[Path]:
+        """Write ``latent-<k>.png`` panels, ``latents.csv``, ``pairs.csv``, ``maps.safetensors``
         (``ierfs`` (P, H, W), ``activations`` (P, N), ``latent``, ``image``, ``position``, in
-        the order of ``pairs.csv``) into ``out``."""
+        the order of ``pairs.csv``) and last ``grounding.json`` (:meth:`provenance` with
+        ``sources``: where the basis, the weights and the images came from) into ``out``."""
         out = Path(out)
         grid = model_grid(model)
         shown = model.denormalize(self.images)
@@ -100,7 +117,36 @@ class Grounding:
         with atomic_path(out / "maps.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
         written.append(out / "maps.safetensors")
+        with atomic_path(out / PROVENANCE) as tmp:
+            Path(tmp).write_text(json.dumps({**self.provenance(), **(sources or {})},
+                                            indent=1) + "\n")
+        written.append(out / PROVENANCE)
         return written
+
+
+def read_provenance(folder: str | Path) -> dict[str, object] | None:
+    """The ``grounding.json`` of a grounding ``folder``; ``None`` for one written before it
+    existed."""
+    path = Path(folder) / PROVENANCE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IerfError(f"{path} is unreadable ({e}); run `ierf cafe ground` again") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise IerfError(f"{path} is not the provenance of a CAFE grounding; run `ierf cafe "
+                        "ground` again")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise IerfError(f"{path} has format version {data.get('format_version')}, this ierf "
+                        f"reads {FORMAT_VERSION}: use the ierf that wrote it or run `ierf cafe "
+                        "ground` again")
+    lacking = [k for k in ("basis", "weights", "images", "n", "fingerprint", "readout", "blank")
+               if k not in data]
+    if lacking or not isinstance(data["basis"], dict) or "resolved" not in data["basis"]:
+        raise IerfError(f"{path} lacks {', '.join(lacking) or 'basis.resolved'}; run `ierf "
+                        "cafe ground` again")
+    return data
 
 
 def ground(model: Model, basis: ConceptBasis, images: ImageStream,
@@ -136,7 +182,7 @@ def ground(model: Model, basis: ConceptBasis, images: ImageStream,
         torch.full((len(pairs), model_grid(model)[0] * model_grid(model)[1]), float("nan"))
     grid = model_grid(model)
     stats = nonlocality(pool_to_patches(maps, grid), pairs.position, grid, radius)
-    return Grounding(basis, method, found, wanted, pairs, x, ids, maps, acts, stats)
+    return Grounding(basis, method, found, wanted, pairs, x, ids, maps, acts, stats, blank)
 
 
 def _write_csv(path: Path, rows: list[dict[str, object]]) -> Path:

@@ -132,7 +132,12 @@ def _ground(args: argparse.Namespace) -> int:
     result = ground(model, basis, images, latents, n_latents=args.n_latents, top=args.top,
                     method=args.method, readout=args.readout, blank=args.blank,
                     progress=not args.no_progress)
-    written = result.write(args.out, model, [images.ids[i] for i in result.image_ids.tolist()])
+    named = args.weights in ("pretrained", "imagenet")
+    weights = args.weights if named else str(Path(args.weights).resolve())
+    sources = {"basis": {"path": args.basis, "resolved": str(Path(args.basis).resolve())},
+               "weights": weights, "images": str(images.source), "n": len(images)}
+    written = result.write(args.out, model, [images.ids[i] for i in result.image_ids.tolist()],
+                           sources)
     for row in result.latent_rows():
         head = f"{'CLS latent' if row['tokens'] == 'cls' else 'latent'} {row['latent']}: " \
                f"fires on {row['fires_on']:.1%} of images, top z {row['top_activation']:.3g}; "
@@ -143,8 +148,8 @@ def _ground(args: argparse.Namespace) -> int:
             print(head + f"iERF mass outside the firing token's 3×3 {row['outside']:.2f} "
                   f"(uniform {row['chance_outside']:.2f}), firing token to iERF centre "
                   f"{row['distance']:.2f} patches")
-    print(f"→ {len(written) - 3} panels, latents.csv, pairs.csv, maps.safetensors in "
-          f"{args.out}/")
+    print(f"→ {len(written) - 4} panels, latents.csv, pairs.csv, maps.safetensors, "
+          f"grounding.json in {args.out}/")
     return 0
 
 

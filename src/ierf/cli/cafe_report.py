@@ -13,17 +13,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "curves, CLS latents marked")
     r.add_argument("grounding", help="output folder of `ierf cafe ground`")
     r.add_argument("-o", "--out", required=True, help="HTML file to write")
-    r.add_argument("--basis", help="the basis given to `ierf cafe ground` (with --images: "
-                   "overlays over the images, insertion curves)")
-    r.add_argument("--images", help="the --images given to `ierf cafe ground`")
-    r.add_argument("--n", type=int, help="the --n given to `ierf cafe ground`")
+    r.add_argument("--basis", help="the basis of the overlays over the images and the "
+                   "insertion curves (default: the one `ierf cafe ground` recorded in "
+                   "GROUNDING/grounding.json; give it if that folder moved)")
+    r.add_argument("--images", help="the --images given to `ierf cafe ground` (default: as "
+                   "recorded)")
+    r.add_argument("--n", type=int, help="the --n given to `ierf cafe ground` (default: as "
+                   "recorded)")
     r.add_argument("--steps", type=int, default=16,
                    help="insertion curve points after the blank canvas; 0: no curves "
                    "(default 16)")
-    r.add_argument("--blank", default="zero", choices=("zero", "mean", "blur"),
-                   help="the insertion test's blank canvas (default zero)")
-    r.add_argument("--readout", default="peak", choices=("peak", "sum"),
-                   help="the --readout given to `ierf cafe ground` (default peak)")
+    r.add_argument("--blank", choices=("zero", "mean", "blur"),
+                   help="the insertion test's blank canvas (default: the --blank of `ierf "
+                   "cafe ground`, else zero)")
+    r.add_argument("--readout", choices=("peak", "sum"),
+                   help="the --readout given to `ierf cafe ground` (default: as recorded, "
+                   "else peak)")
     r.add_argument("--pictures", choices=("embed", "folder"), default="embed",
                    help="pictures embedded in the page (default) or written into a folder "
                    "<out stem>_files/ beside it")

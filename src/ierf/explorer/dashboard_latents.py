@@ -7,9 +7,11 @@ non-locality statistics of :mod:`ierf.cafe.nonlocality`; CLS latents marked (no 
 patch: only the iERF places them); optionally the insertion curves of Sec. V-C1 (Fig. 7)
 for the iERF, activation and random rankings, with their AUC; and the PNG panel (Fig. 8).
 
-The grounding folder holds the maps but not the images or the model: with ``basis`` and
-``images`` (the ones given to ``ierf cafe ground``) the overlays are drawn over the images
-and the insertion curves computed; without them the maps are drawn on grey.
+The grounding folder holds the maps but not the images or the model; its ``grounding.json``
+says where they came from (basis folder, weights, ``--images`` / ``--n``, readout, blank),
+so by default the overlays are drawn over the images and the insertion curves computed with
+those; ``basis`` / ``images`` / ``n`` given explicitly take their place. A folder written
+before ``grounding.json`` existed needs them given, or its maps are drawn on grey.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ierf.cafe.ground import PROVENANCE, read_provenance
 from ierf.cafe.nonlocality import NAMES
+from ierf.concepts.basis import CONFIG_FILE
 from ierf.errors import IerfError
 from ierf.explorer.dashboard_images import ImageTable, fit_size, heat_overlay
 from ierf.explorer.dashboard_page import Dashboard, check_out, payload, write_page
@@ -37,13 +41,15 @@ RANKINGS = ("ierf", "activation", "random")
 class GroundingFiles:
     """What ``ierf cafe ground`` wrote: ``latents`` and ``pairs`` (CSV rows), ``maps``
     (``ierfs`` (P, H, W), ``activations`` (P, N), ``latent``, ``image``, ``position``, in
-    the order of ``pairs``) and the PNG ``panels`` by latent."""
+    the order of ``pairs``), the PNG ``panels`` by latent and the ``provenance``
+    (``grounding.json``; ``None`` in older folders)."""
 
     folder: Path
     latents: list[dict[str, Any]]
     pairs: list[dict[str, Any]]
     maps: dict[str, torch.Tensor]
     panels: dict[int, Path]
+    provenance: dict[str, Any] | None = None
 
 
 def read_grounding(folder: str | Path) -> GroundingFiles:
@@ -76,7 +82,7 @@ def read_grounding(folder: str | Path) -> GroundingFiles:
                             "ground` again")
     panels = {int(p.stem.split("-", 1)[1]): p for p in folder.glob("latent-*.png")
               if p.stem.split("-", 1)[1].isdigit()}
-    return GroundingFiles(folder, latents, pairs, maps, panels)
+    return GroundingFiles(folder, latents, pairs, maps, panels, read_provenance(folder))
 
 
 def _csv(path: Path) -> list[dict[str, Any]]:
@@ -109,16 +115,40 @@ class Grounded:
     local: torch.Tensor
 
 
+def sources(files: GroundingFiles, basis: str | Path | None, images: str | None,
+            n: int | None) -> tuple[str | Path | None, str | None, int | None]:
+    """The basis, ``--images`` and ``--n`` to reload: those given, else those the grounding's
+    provenance records (a recorded basis must still be where it was)."""
+    rec = files.provenance
+    if rec is None:
+        return basis, images, n
+    if basis is None:
+        basis = Path(rec["basis"]["resolved"])
+        if not (basis / CONFIG_FILE).is_file():
+            raise IerfError(f"the basis {rec['basis']['path']} that {files.folder} was grounded "
+                            f"with is no longer at {basis}: pass --basis with its new folder")
+    if images is None:
+        images, n = rec["images"], rec["n"] if n is None else n
+    return basis, images, n
+
+
 def load_grounded(files: GroundingFiles, basis: str | Path, images: str, n: int | None
                   ) -> Grounded:
-    """Reload the model, ``basis`` and the images a grounding was made on; the pairs'
-    image names must be those of ``images``."""
+    """Reload the model (with the weights the provenance records, else pretrained), ``basis``
+    and the images a grounding was made on; the basis must have the recorded weights
+    fingerprint and the pairs' image names must be those of ``images``."""
     from ierf.cafe.streaming import SourceImages
     from ierf.concepts.basis import ConceptBasis
     from ierf.data.sources import image_ids, parse_source
     from ierf.models import load_model
 
     b = ConceptBasis.load(basis)
+    rec = files.provenance or {}
+    if rec and b.fingerprint != rec["fingerprint"]:
+        raise IerfError(f"{basis} is a basis of other {b.model} weights than those {files.folder} "
+                        f"was grounded with (fingerprint {b.fingerprint}, not "
+                        f"{rec['fingerprint']}): pass --basis with the basis of `ierf cafe "
+                        "ground`")
     kinds = {str(r.get("tokens")) for r in files.latents}
     if kinds != {b.tokens}:
         raise IerfError(f"{files.folder} grounds {'/'.join(sorted(kinds))} latents, {basis} is "
@@ -126,7 +156,7 @@ def load_grounded(files: GroundingFiles, basis: str | Path, images: str, n: int 
     if int(files.maps["latent"].max()) >= b.n_concepts:
         raise IerfError(f"{files.folder} grounds latent {int(files.maps['latent'].max())}, "
                         f"{basis} has {b.n_concepts}: give the basis of `ierf cafe ground`")
-    model = load_model(b.model)
+    model = load_model(b.model, weights=rec.get("weights", "pretrained"))
     source = parse_source(images).resolved(0, "val")
     stream = SourceImages(source, image_ids(source, n), model)
     ids, local = files.maps["image"].unique(return_inverse=True)
@@ -231,7 +261,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 def export_latents(grounding: str | Path, out: str | Path, *, basis: str | Path | None = None,
                    images: str | None = None, n: int | None = None, steps: int = 16,
-                   blank: str = "zero", readout: str = "peak",
+                   blank: str | None = None, readout: str | None = None,
                    pictures: Literal["embed", "folder"] = "embed",
                    title: str | None = None) -> Dashboard:
     """Write the latent dashboard of the ``grounding`` folder (``ierf cafe ground -o``).
@@ -239,14 +269,21 @@ def export_latents(grounding: str | Path, out: str | Path, *, basis: str | Path 
     Parameters
     ----------
     basis, images, n : the basis folder and the ``--images`` / ``--n`` given to ``ierf cafe
-        ground``: overlays over the images and insertion curves (``steps`` > 0, on ``blank``).
+        ground`` (default: those its ``grounding.json`` records): overlays over the images and
+        insertion curves (``steps`` > 0, on ``blank``).
+    blank, readout : default: those of ``ierf cafe ground`` (``zero``, ``peak`` for a folder
+        without ``grounding.json``).
     pictures : ``"embed"`` (one file) or ``"folder"`` (``<out stem>_files/`` beside it).
     """
     out = check_out(out)
-    if (basis is None) != (images is None):
-        raise IerfError("give both --basis and --images (those of `ierf cafe ground`) to draw "
-                        "the overlays over the images, or neither")
     files = read_grounding(grounding)
+    basis, images, n = sources(files, basis, images, n)
+    if (basis is None) != (images is None):
+        raise IerfError(f"give both --basis and --images (those of `ierf cafe ground`) to draw "
+                        f"the overlays over the images, or neither ({files.folder} has no "
+                        f"{PROVENANCE} saying what they were)")
+    rec = files.provenance or {}
+    blank, readout = blank or rec.get("blank", "zero"), readout or rec.get("readout", "peak")
     grounded = load_grounded(files, basis, images, n) if basis is not None else None
     curves = insertion(grounded, files, steps, blank, readout) if grounded and steps else None
     folder = out.parent / f"{out.stem}_files" if pictures == "folder" else None
