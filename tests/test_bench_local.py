@@ -284,3 +284,17 @@ def test_full_size_main_table_on_the_synthetic_benchmark(tmp_path):
     values = check_table(out, methods, METRICS)
     assert values["srd"]["Att."] > values["saliency"]["Att."] + 0.3
     assert values["srd"]["Sta."] < values["saliency"]["Sta."]
+
+
+@pytest.mark.parametrize("data", ["synthetic", "photos"])
+def test_every_metric_abbreviation_is_explained(tmp_path, data):
+    from ierf.bench.run import Outcome
+    from ierf.bench.suites import plan
+
+    table = plan("main", "toy-resnet", data, ["srd"], 64, True).table(Outcome())
+    assert list(table.glossary) == table.columns                 # Poi./Att./… or GPG/…
+    note = table.markdown().splitlines()[-1]
+    assert all(f"{c}: " in note for c in table.columns)
+    table.figure(tmp_path / "figure.png")                        # legend + glossary fit
+    with Image.open(tmp_path / "figure.png") as im:
+        assert im.format == "PNG"

@@ -13,6 +13,7 @@ from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.fitting import fit_concepts
 from ierf.metrics.concepts import encode_layer
 from ierf.viz.cards import (
+    CARD_KEY_HEIGHT,
     concept_locations,
     highlight,
     nearest_samples,
@@ -57,8 +58,9 @@ def test_cards_png_has_the_grid(tmp_path) -> None:
     path = save_concept_cards(images, ierfs, tmp_path / "cards.png",
                               labels=["a", "b", "c"], title="t")
     width, height = Image.open(path).size
-    # figure of (1.3 cols + 1) × (1.3 rows + 0.4) inches at 80 dpi
-    assert (width, height) == (round((1.3 * cols + 1) * 80), round((1.3 * rows + 0.4) * 80))
+    # figure of (1.3 cols + 1) × (1.3 rows + 0.4) inches at 80 dpi, and the legend below
+    assert (width, height) == (round((1.3 * cols + 1) * 80),
+                               round((1.3 * rows + 0.4 + CARD_KEY_HEIGHT) * 80))
     with pytest.raises(ierf.IerfError, match="expected images"):
         save_concept_cards(images[0], ierfs, tmp_path / "bad.png")
 

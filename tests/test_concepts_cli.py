@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from ierf.cli import main
 from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.fitting import fit_concepts, layer_center
 from ierf.models.fingerprint import weights_fingerprint
+from ierf.viz.cards import CARD_KEY_HEIGHT
 
 torch.set_num_threads(1)
 
@@ -58,7 +60,8 @@ def test_cards(atlas, tmp_path, capsys) -> None:
     assert main(["concepts", "cards", str(atlas), str(concepts), "--rows", "4", "--k", "5",
                  "--out", str(out)]) == 0
     width, height = Image.open(out / "cards-layer3.png").size
-    assert (width, height) == (round((1.3 * 5 + 1) * 80), round((1.3 * 4 + 0.4) * 80))
+    assert (width, height) == (round((1.3 * 5 + 1) * 80),
+                               round((1.3 * 4 + 0.4 + CARD_KEY_HEIGHT) * 80))
     assert (out / "locations-layer3-image0.png").is_file()
     # the layer comes from the basis, never from the channel width: a layer2 basis draws layer2
     assert main(["concepts", "fit", str(atlas), "--layer", "layer2", "--n-concepts", "6",
@@ -73,8 +76,14 @@ def test_bench_concepts_table(atlas, tmp_path, capsys) -> None:
     assert main(["bench", "concepts", str(atlas), "--layer", "layer3", "--methods",
                  "kmeans,topk-sae", "--n-concepts", "8", "--images", "4", "--ig-steps", "8",
                  "--epochs", "2", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "| kmeans | 8 |" in printed and "| topk-sae | 8 |" in printed
+    # one line per step with its seconds, for each method
+    progress = captured.err
+    assert "[1/2] kmeans" in progress and "[2/2] topk-sae" in progress
+    for label in ("fit kmeans", "class relevance", "C-insertion and C-deletion", "ground truth"):
+        assert re.search(rf"{label}.* \d+\.\d s", progress), label
     with open(out.with_suffix(".csv")) as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["kmeans", "topk-sae"]

@@ -69,8 +69,8 @@ def test_bad_input_gives_clear_errors() -> None:
         fit_concepts(X, "kmeans")                                # K = 32 > N = 20
     with pytest.raises(IerfError, match="kmeans"):
         fit_concepts(X, "sae", 8, center=torch.zeros(4))
-    assert set(METHODS) == {"kmeans", "dictionary", "sae", "topk-sae", "matryoshka-sae",
-                            "bias-free-topk-sae"}
+    assert set(METHODS) == {"kmeans", "minibatch-kmeans", "dictionary", "sae", "topk-sae",
+                            "matryoshka-sae", "bias-free-topk-sae"}
 
 
 def test_feeding_batchnorm(toy) -> None:

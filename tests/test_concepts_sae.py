@@ -102,3 +102,24 @@ def test_save_load_round_trip(cls: type[SAEBase], tmp_path, data: torch.Tensor,
         assert torch.equal(loaded(data), sae(data))
     with pytest.raises(IerfError):
         (TopKSAE if cls is SparseAutoencoder else SparseAutoencoder).load(tmp_path / "sae")
+
+
+@pytest.mark.parametrize(("n_concepts", "threads"), [(16, 1), (1024, 2)])
+def test_small_steps_train_on_one_thread(n_concepts: int, threads: int) -> None:
+    """A step under SINGLE_THREAD_MACS runs on one CPU thread (more only add waits); a large
+    one keeps torch's setting, and the setting is restored after fit."""
+    from ierf.concepts.extractors.sae import SINGLE_THREAD_MACS
+
+    assert (256 * 64 * 16 < SINGLE_THREAD_MACS) and (256 * 64 * 1024 >= SINGLE_THREAD_MACS)
+    sae = TopKSAE(64, n_concepts, k=4)
+    seen = []
+    loss = sae.loss
+    sae.loss = lambda X: (seen.append(torch.get_num_threads()), loss(X))[1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sae.fit(torch.randn(300, 64), epochs=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [threads, threads]

@@ -42,6 +42,19 @@ SRD_VARIANTS = {"raw": "raw", "mean": "mean", "clamped mean": "clamped-mean"}
 SHORT = {"pointing-game": "Poi.", "attribution-localisation": "Att.",
          "grid-pointing-game": "GPG", "sparseness": "Spa.", "fidelity": "Fid.",
          "stability": "Sta."}
+#: what each metric column measures (the glossary under the figure and the Markdown table)
+MEANING = {"pointing-game": "pointing game (Eq. 31), share of images whose map maximum lies on "
+                            "the object (15 px tolerance at 224 px)",
+           "attribution-localisation": "attribution localisation (Eq. 32), share of the "
+                                       "positive relevance inside the object mask",
+           "grid-pointing-game": "grid pointing game, share of the positive relevance in the "
+                                 "target's cell of a 2×2 grid of photos (uniform map: 0.25)",
+           "sparseness": "sparseness (Eq. 33), Gini index of |map|",
+           "fidelity": "fidelity / faithfulness correlation, Pearson correlation of the "
+                       "relevance of random pixel subsets with the logit drop when they are "
+                       "set to 0",
+           "stability": "stability / local Lipschitz estimate (Eq. 34), largest change of "
+                        "the normalised map per change of the input under Gaussian noise"}
 
 
 @dataclass
@@ -61,12 +74,15 @@ class Plan:
             cells = {(j.row, c): outcome.scores.get((j.model, j.row), {}).get("fidelity")
                      for j in self.jobs for c, m in ACTIVATION_MODELS.items() if j.model == m}
             directions = [self.metrics["fidelity"].score_direction] * len(cols)
+            glossary = {"bars": f"{SHORT['fidelity']} = {MEANING['fidelity']}, of every "
+                                "method on the toy ResNet with each activation function"}
         else:
             rows = [j.row for j in self.jobs]
             cols = list(self.metrics)
             cells = {(j.row, c): outcome.scores.get((j.model, j.row), {}).get(c)
                      for j in self.jobs for c in cols}
             directions = [m.score_direction for m in self.metrics.values()]
+            glossary = {SHORT.get(c, c): MEANING[c] for c in cols if c in MEANING}
         stats = np.full((3, len(rows), len(cols)), np.nan)
         for r, row in enumerate(rows):
             for c, col in enumerate(cols):
@@ -74,7 +90,7 @@ class Plan:
                     stats[:, r, c] = mean_se(cells[(row, col)])
         notes = [f"– {row} on {model}: {why}" for (model, row), why in outcome.unavailable.items()]
         return Table(self.title, rows, [SHORT.get(c, c) for c in cols], directions,
-                     stats[0], stats[1], np.nan_to_num(stats[2]).astype(int), notes)
+                     stats[0], stats[1], np.nan_to_num(stats[2]).astype(int), notes, glossary)
 
 
 def metric_set(names: Sequence[str], image_size: int, quick: bool) -> dict[str, Metric]:

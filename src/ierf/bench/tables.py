@@ -1,7 +1,8 @@
 """Benchmark tables as Markdown (mean ± standard error, best in bold) and CSV, and a figure.
 
 A :class:`Table` is rows (methods) × columns (metrics, or models for Table II); each column
-has a ``score_direction`` ("higher" or "lower" is better), which decides its best entry.
+has a ``score_direction`` ("higher" or "lower" is better), which decides its best entry, and
+may have a line in the ``glossary`` that says what its (abbreviated) header means.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 from ierf.io import atomic_path
 from ierf.viz.figures import save_figure
 
+#: bar colours of :meth:`Table.figure`: the best row of a column, and the others
+BEST, OTHER = "tab:orange", "tab:blue"
+
 
 @dataclass
 class Table:
@@ -30,6 +34,7 @@ class Table:
     se: np.ndarray
     n: np.ndarray
     notes: list[str] = field(default_factory=list)
+    glossary: dict[str, str] = field(default_factory=dict)  # column header → what it means
 
     def best(self, digits: int = 3) -> list[set[int]]:
         """Per column, the rows with the best mean at ``digits`` decimals (ties as shown in
@@ -62,6 +67,8 @@ class Table:
                 text = f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if math.isfinite(s) else "")
                 cells.append(f"**{text}**" if r in best[c] else text)
             lines.append("| " + " | ".join(cells) + " |")
+        if self.glossary:
+            lines += ["", "; ".join(f"{c}: {text}" for c, text in self.glossary.items()) + "."]
         if self.notes:
             lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
@@ -78,28 +85,47 @@ class Table:
         return buf.getvalue()
 
     def figure(self, path: str | Path) -> None:
-        """Bar chart per column (one bar per row, standard-error whiskers) as a PNG."""
+        """Bar chart per column (one bar per row, standard-error whiskers) as a PNG, with a
+        legend for the colours and whiskers and, below it, the :attr:`glossary`."""
+        import textwrap
+
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
 
         k = len(self.columns)
-        fig, axes = plt.subplots(1, k, figsize=(2.6 * k + 1.5, 1.4 + 0.28 * len(self.rows)),
-                                 squeeze=False)
+        width = 2.6 * k + 1.5
+        caption = "\n".join(textwrap.fill(f"{c}: {text}", width=int(width * 15))
+                            for c, text in self.glossary.items())
+        bars, foot = 1.7 + 0.28 * len(self.rows), 0.3 + 0.14 * (caption.count("\n") + 1)
+        fig = plt.figure(figsize=(width, bars + foot), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=[bars, foot])
+        axes = top.subplots(1, k, squeeze=False)
         y = np.arange(len(self.rows))
         best = self.best()
         for c, ax in enumerate(axes[0]):
-            colours = ["tab:orange" if r in best[c] else "tab:blue" for r in range(len(self.rows))]
+            colours = [BEST if r in best[c] else OTHER for r in range(len(self.rows))]
             ax.barh(y, np.nan_to_num(self.mean[:, c]), xerr=np.nan_to_num(self.se[:, c]),
                     color=colours, capsize=2)
             ax.set_yticks(y, self.rows if c == 0 else [""] * len(self.rows), fontsize=8)
             ax.invert_yaxis()
             ax.set_title(f"{self.columns[c]} {'↑' if self.directions[c] == 'higher' else '↓'}",
                          fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
             ax.axvline(0, color="k", lw=0.5)
-        fig.suptitle(self.title, fontsize=10)
-        fig.tight_layout()
+        top.suptitle(self.title, fontsize=10)
+        handles = [Patch(color=BEST, label="best of the column (ties: all)"),
+                   Patch(color=OTHER, label="other rows"),
+                   Line2D([], [], color="k", marker="|", markersize=8, lw=1,
+                          label="± standard error of the mean"),
+                   Line2D([], [], ls="none", label="↑ higher is better, ↓ lower is better")]
+        bottom.legend(handles=handles, loc="upper center", ncols=4, fontsize=7, frameon=False,
+                      handlelength=1.2, borderaxespad=0)
+        if caption:
+            bottom.text(0.01, 0.02, caption, fontsize=7, ha="left", va="bottom")
         save_figure(fig, path, dpi=120)
 
     def write(self, out: str | Path) -> None:

@@ -97,7 +97,7 @@ class PerturbationMetric(Metric):
         """
         b, _, h, w = x.shape
         p = self.patch_size
-        base = self.baseline_of(x).expand_as(x)
+        base = self.baseline_of(x)  # (B, C or 1, 1 or H, 1 or W): torch.where broadcasts it
         flat = torch.arange(b * copies, device=x.device)
         out = []
         chunks = flat.split(self.internal_batch_size or (8 if x.device.type == "cpu" else 256))

@@ -47,8 +47,17 @@ def nearest_samples(X: torch.Tensor, extractor: ConceptExtractor, concepts: Sequ
     return scores.topk(k, dim=0).indices.T
 
 
-def highlight(images: torch.Tensor, maps: torch.Tensor, floor: float = 0.25,
-              percentile: float = 99.0) -> torch.Tensor:
+#: brightness of an image outside its iERF, and the percentile of the iERF that counts as
+#: fully inside (:func:`highlight`)
+FLOOR, PERCENTILE = 0.25, 99.0
+#: inches under the cards for their legend (:func:`_spotlight_key`)
+CARD_KEY_HEIGHT = 0.75
+#: opacity of the coefficient maps of :func:`save_concept_locations`
+LOCATION_ALPHA = 0.55
+
+
+def highlight(images: torch.Tensor, maps: torch.Tensor, floor: float = FLOOR,
+              percentile: float = PERCENTILE) -> torch.Tensor:
     """Images ``(n, 3, H, W)`` in [0, 1] dimmed outside their iERFs ``(n, h, w)``.
 
     The positive part of each map, upsampled to the image and scaled so that its
@@ -86,8 +95,10 @@ def save_concept_cards(images: torch.Tensor, ierfs: torch.Tensor, path: str | Pa
     rows, cols = images.shape[:2]
     shown = highlight(images.flatten(0, 1).float().cpu(), ierfs.flatten(0, 1).float().cpu())
     shown = shown.reshape(rows, cols, *shown.shape[1:]).permute(0, 1, 3, 4, 2).numpy()
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1, 1.3 * rows + 0.4),
-                             squeeze=False)
+    fig = plt.figure(figsize=(1.3 * cols + 1, 1.3 * rows + 0.4 + CARD_KEY_HEIGHT),
+                     layout="constrained")
+    grid, key = fig.subfigures(2, 1, height_ratios=[1.3 * rows + 0.4, CARD_KEY_HEIGHT])
+    axes = grid.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         for c in range(cols):
             axes[r, c].imshow(shown[r, c])
@@ -96,9 +107,26 @@ def save_concept_cards(images: torch.Tensor, ierfs: torch.Tensor, path: str | Pa
         if r < len(labels):
             axes[r, 0].set_ylabel(labels[r], rotation=0, ha="right", va="center", fontsize=8)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        grid.suptitle(title)
+    _spotlight_key(key)
     return save_figure(fig, path, dpi=80)
+
+
+def _spotlight_key(fig) -> None:
+    """The legend of the cards: what a row and a tile are, and a ramp of the spotlight's
+    brightness against the iERF value (:func:`highlight` with :data:`FLOOR`, :data:`PERCENTILE`)."""
+    ramp = torch.linspace(0, 1, 256)
+    ax = fig.add_axes((0.01, 0.45, 0.16, 0.22))
+    ax.imshow((FLOOR + (1 - FLOOR) * ramp)[None].numpy(), cmap="gray", vmin=0, vmax=1,
+              aspect="auto", extent=(0, 1, 0, 1))
+    ax.set_yticks([])
+    ax.set_xticks([0, 1], ["0", f"≥ {PERCENTILE:g}th pct."], fontsize=7)
+    ax.set_title("iERF relevance → brightness", fontsize=7, pad=2)
+    fig.text(0.2, 0.5, "Each row is one concept; its tiles are the atlas PFVs nearest to it, "
+             "best first (left).\nA tile is the PFV's image lit by the PFV's iERF: full "
+             f"brightness where the positive relevance reaches its {PERCENTILE:g}th percentile, "
+             f"dimmed to {FLOOR:.0%} where it is 0 (context).\nColours are the images' own.",
+             fontsize=8, va="center", ha="left")
 
 
 def concept_locations(model: Model, x: torch.Tensor, basis: ConceptBasis,
@@ -131,16 +159,23 @@ def save_concept_locations(image: torch.Tensor, maps: torch.Tensor, path: str | 
 
     img = image.detach().float().cpu().permute(1, 2, 0).numpy()
     maps = maps.detach().float().cpu()
-    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.2 * (len(maps) + 1), 2.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.2 * (len(maps) + 1) + 0.8, 3.0),
+                             squeeze=False, layout="constrained")
     axes[0, 0].imshow(img)
     axes[0, 0].set_title("input", fontsize=8)
     peak = maps.abs().amax().clamp_min(torch.finfo(maps.dtype).tiny).item()
     for j, m in enumerate(maps):
         axes[0, j + 1].imshow(img)
-        axes[0, j + 1].imshow(m.numpy(), cmap="bwr", alpha=0.55, vmin=-peak, vmax=peak)
+        shown = axes[0, j + 1].imshow(m.numpy(), cmap="bwr", alpha=LOCATION_ALPHA,
+                                      vmin=-peak, vmax=peak)
         axes[0, j + 1].set_title(labels[j] if j < len(labels) else f"concept {j}", fontsize=8)
     for ax in axes[0]:
         ax.axis("off")
-    fig.tight_layout()
+    if len(maps):
+        bar = fig.colorbar(shown, ax=axes[0, 1:].tolist(), shrink=0.8, pad=0.01)
+        bar.set_label("coefficient $u_j$ (one scale for all)", fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    fig.supxlabel(f"Each concept's coefficient at every position of the layer, upsampled to "
+                  f"the input, over the image at {LOCATION_ALPHA:.0%} opacity: red = present "
+                  "(positive), white = 0, blue = negative.", fontsize=7)
     return save_figure(fig, path, dpi=80)

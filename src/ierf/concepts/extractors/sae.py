@@ -15,7 +15,8 @@ Every SAE has an encoder ``f(x)`` (``N × K`` codes) and a linear decoder
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +26,27 @@ from tqdm.auto import tqdm
 
 from ierf.concepts.extractors.base import ConceptExtractor, check_pfvs, default_n_concepts
 from ierf.errors import IerfError
+
+#: multiply-adds ``B·C·K`` of one minibatch matmul below which :meth:`SAEBase.fit` runs on one
+#: CPU thread. Such a step is microseconds of arithmetic and about a millisecond of Python,
+#: autograd and Adam overhead; a second thread per op only adds waits, and on a busy 2-core
+#: CPU those dominate (400 × 64 PFVs, K = 16, 2000 steps: 92 s on 2 threads, 2.4 s on one;
+#: ``benchmarks/bench_sae_fit.py``).
+SINGLE_THREAD_MACS = 1 << 22
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the block with at most ``n`` intra-op CPU threads; the setting is restored after."""
+    before = torch.get_num_threads()
+    if n >= before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def reconstruction_loss(X: torch.Tensor, X_hat: torch.Tensor) -> torch.Tensor:
@@ -91,22 +113,27 @@ class SAEBase(ConceptExtractor, nn.Module):
             progress: bool = False) -> SAEBase:
         """Train on PFVs ``X (N, C)`` with Adam on shuffled minibatches, from the current weights.
 
-        ``X`` is moved to the module's device and dtype; ``progress`` shows a tqdm bar.
+        ``X`` is moved to the module's device and dtype; ``progress`` shows a tqdm bar. On the
+        CPU, steps smaller than :data:`SINGLE_THREAD_MACS` run on one thread.
         """
         X = check_pfvs(X, self.n_features).to(self.decoder.weight)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(self.seed)
+        small = min(batch_size, len(X)) * self.n_features * self.n_concepts < SINGLE_THREAD_MACS
+        threads = 1 if X.device.type == "cpu" and small else torch.get_num_threads()
         self.train()
-        for _ in tqdm(range(epochs), desc=type(self).__name__, disable=not progress):
-            total = X.new_zeros(())
-            for batch in torch.randperm(len(X), generator=generator).to(X.device).split(batch_size):
-                loss = self.loss(X[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                self.constrain()
-                total += loss.detach() * len(batch)
-            self.loss_history_.append(total.item() / len(X))
+        with cpu_threads(threads):
+            for _ in tqdm(range(epochs), desc=type(self).__name__, disable=not progress):
+                total = X.new_zeros(())
+                order = torch.randperm(len(X), generator=generator).to(X.device)
+                for batch in order.split(batch_size):
+                    loss = self.loss(X[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    self.constrain()
+                    total += loss.detach() * len(batch)
+                self.loss_history_.append(total.item() / len(X))
         self.eval()
         return self
 
