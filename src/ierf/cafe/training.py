@@ -37,6 +37,7 @@ from ierf.concepts.basis import TOKEN_KINDS, ConceptBasis
 from ierf.concepts.extractors import SAEBase, SparseAutoencoder, TopKSAE
 from ierf.concepts.extractors.base import default_n_concepts
 from ierf.concepts.extractors.minibatch_kmeans import MiniBatchSphericalKMeans
+from ierf.concepts.extractors.sae import cpu_threads, step_threads
 from ierf.concepts.fitting import METHODS
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
@@ -250,11 +251,15 @@ class SAETrainer:
         if self.steps[name] == 0:
             learner.start(buffer.data[:buffer.size])
         total, count = 0.0, 0
-        for batch in buffer.drain(self.config.batch_size, self.generator,
-                                   self.config.passes):
-            loss = learner.step(batch)
-            self.steps[name] += 1
-            total, count = total + loss * len(batch), count + len(batch)
+        data = buffer.data
+        k = default_n_concepts(data.shape[-1], learner.extractor.n_concepts)
+        threads = step_threads(self.config.batch_size, data.shape[-1], k, data.device)
+        with cpu_threads(threads):
+            for batch in buffer.drain(self.config.batch_size, self.generator,
+                                       self.config.passes):
+                loss = learner.step(batch)
+                self.steps[name] += 1
+                total, count = total + loss * len(batch), count + len(batch)
         self.losses[name] = total / max(count, 1)
 
     # -- files ------------------------------------------------------------------------------

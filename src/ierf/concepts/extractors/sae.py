@@ -35,6 +35,14 @@ from ierf.errors import IerfError
 SINGLE_THREAD_MACS = 1 << 22
 
 
+def step_threads(rows: int, n_features: int, n_concepts: int, device: torch.device) -> int:
+    """CPU threads for training steps of ``rows × n_features × n_concepts``: one below
+    :data:`SINGLE_THREAD_MACS` (such a step is microseconds of arithmetic, and a second
+    thread only adds waits), else torch's setting."""
+    small = rows * n_features * n_concepts < SINGLE_THREAD_MACS
+    return 1 if torch.device(device).type == "cpu" and small else torch.get_num_threads()
+
+
 @contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
     """Run the block with at most ``n`` intra-op CPU threads; the setting is restored after."""
@@ -119,10 +127,9 @@ class SAEBase(ConceptExtractor, nn.Module):
         X = check_pfvs(X, self.n_features).to(self.decoder.weight)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(self.seed)
-        small = min(batch_size, len(X)) * self.n_features * self.n_concepts < SINGLE_THREAD_MACS
-        threads = 1 if X.device.type == "cpu" and small else torch.get_num_threads()
         self.train()
-        with cpu_threads(threads):
+        with cpu_threads(step_threads(min(batch_size, len(X)), self.n_features,
+                                      self.n_concepts, X.device)):
             for _ in tqdm(range(epochs), desc=type(self).__name__, disable=not progress):
                 total = X.new_zeros(())
                 order = torch.randperm(len(X), generator=generator).to(X.device)
