@@ -94,3 +94,14 @@ def random_graph():
                             edges)
 
     return build
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one CPU thread for the test: tiny SAE / k-means steps run faster so (on a busy
+    2-core machine every small op's OpenMP barrier waits for the other core: measured 3 ms vs
+    170 ms a step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

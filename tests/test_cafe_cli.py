@@ -16,14 +16,7 @@ from ierf.concepts.extractors import TopKSAE
 from ierf.errors import IerfError
 from ierf.models import load_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny SAE steps: see tests/test_cafe_training.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: see conftest.py
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -167,3 +160,38 @@ def test_bench_refuses_bad_bases_and_too_few_images_leaving_no_store(saes, tmp_p
     assert not out.exists()
     assert run(["bench", "cafe", good, *common, "--per-latent", "2"]) == 0   # same folder
     assert (out / "results.sqlite").is_file()
+
+
+@pytest.fixture(scope="module")
+def cnn_sae(tmp_path_factory):
+    """A Matryoshka SAE on toy-resnet's layer2 PFVs (a CNN's tokens are its feature-map
+    positions; IERF Sec. V-C)."""
+    out = tmp_path_factory.mktemp("cafe-cnn") / "sae"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run(["cafe", "train-sae", "--model", "toy-resnet", "--images",
+                    "benchmark:0:train", "--n", "4", "--layers", "layer2", "--n-concepts", "16",
+                    "--k", "2", "--batch-size", "64", "--buffer", "256", "--image-batch", "4",
+                    "-o", str(out), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out / "layer2-patch"
+
+
+def test_train_sae_on_cnn_pfvs(cnn_sae, toy) -> None:
+    basis = ConceptBasis.load(cnn_sae)
+    basis.check(toy)
+    pfvs = toy.pfvs(torch.zeros(1, *toy.input_size), ["layer2"])["layer2"]
+    assert (basis.model, basis.layer, basis.tokens) == ("toy-resnet", "layer2", "patch")
+    assert basis.dictionary.shape == (pfvs.vectors.shape[-1], 16)
+    assert basis.provenance["steps"] == 4 * pfvs.vectors.shape[1] // 64   # every PFV once
+
+
+def test_ground_cnn_latents_with_srd(cnn_sae, tmp_path) -> None:
+    out = tmp_path / "ground"
+    assert run(["cafe", "ground", str(cnn_sae), "--images", "benchmark", "--n", "6",
+                "--n-latents", "2", "--top", "2", "--method", "srd", "-o", str(out),
+                "--no-progress"]) == 0
+    assert len(sorted(out.glob("latent-*.png"))) == 2
+    assert json.loads((out / "grounding.json").read_text())["method"] == "srd"

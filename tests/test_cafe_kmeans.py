@@ -23,14 +23,7 @@ from ierf.errors import IerfError
 CONFIG = SAETraining(method="minibatch-kmeans", n_concepts=16, batch_size=64,
                      buffer_tokens=256, image_batch=4, epochs=2)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny steps: see tests/test_cafe_training.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: see conftest.py
 
 
 @pytest.fixture(scope="module")

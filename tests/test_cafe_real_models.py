@@ -18,16 +18,9 @@ from ierf.concepts.basis import ConceptBasis
 from ierf.models import load_model
 from ierf.models.model import Model, Preprocessing, vit_layout
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: see conftest.py
+
 timm = pytest.importorskip("timm")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny SAE steps: see tests/test_cafe_training.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,9 @@ from ierf.data.synthetic import generate
 from ierf.errors import IerfError, UnknownNameError
 from ierf.store import ConfigMismatchError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: see conftest.py
+
 CONFIG = SAETraining(n_concepts=16, k=2, batch_size=16, buffer_tokens=64, image_batch=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny SAE steps run faster on one thread: on a busy 2-core machine every small op's
-    OpenMP barrier waits for the other core (measured 3 ms vs 170 ms a step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,10 @@ from ierf.graph.export import to_dict
 from ierf.models import load_model
 from ierf.viz.cards import nearest_samples
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: see conftest.py
+
 XSS = "<img src=x onerror=alert(1)>"
 SCRIPT_CLOSE = "</script><script>alert(2)</script>"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def page_data(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import atexit
 import os
 from collections.abc import Callable
 
+import torch
 import torch.distributed as dist
 
 from ierf.errors import IerfError
@@ -62,3 +63,25 @@ def on_rank0(fn: Callable[[], object]) -> None:
         dist.broadcast_object_list(box, src=0)
         if box[0] is not None:
             raise IerfError(box[0])
+
+
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """``t`` averaged over the ranks (every rank gets the same tensor; ``t`` itself without a
+    process group). For data-parallel steps: the mean of equal-sized minibatches' means is
+    the mean over their union."""
+    if not distributed() or dist.get_world_size() == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def gather_to_rank0(obj: object) -> list[object] | None:
+    """Every rank's ``obj`` on rank 0, in rank order (``None`` on the others); ``[obj]``
+    without a process group."""
+    if not distributed():
+        return [obj]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    box: list[object] | None = [None] * world if rank == 0 else None
+    dist.gather_object(obj, box, dst=0)
+    return box

@@ -143,7 +143,7 @@ def run_basis(model: Model, basis: ConceptBasis, x: torch.Tensor, bench: CafeBen
     if pairs is None:
         pairs = latent_pairs(model, basis, x, bench)
     result = BasisResults(label, pairs.is_cls)
-    grid = model_grid(model)
+    grid = model_grid(model, basis.layer)
     blanks = {b: blank_canvas(x, b, grid) for b in bench.blanks}
     rankings = list(dict.fromkeys([*bench.rankings, bench.locality_method]))
     for ranking in rankings:

@@ -24,9 +24,12 @@ from ierf.models.model import Model
 BLANKS = ("zero", "mean", "blur")
 
 
-def model_grid(model: Model) -> tuple[int, int]:
-    """The patch grid insertion works on: a ViT's patch grid (8 × 8 cells for a CNN)."""
-    return tuple(model.patch_grid) if model.patch_grid is not None else (8, 8)
+def model_grid(model: Model, layer: str | None = None) -> tuple[int, int]:
+    """The patch grid CAFE works on: a ViT's patch grid; for a CNN the PFV grid of
+    ``layer`` (the basis's layer, where latent positions live), 8 × 8 cells without one."""
+    if model.patch_grid is not None:
+        return tuple(model.patch_grid)
+    return tuple(model.layer_grids()[layer]) if layer is not None else (8, 8)
 
 
 def blank_canvas(x: torch.Tensor, kind: str = "zero", grid: tuple[int, int] = (8, 8)

@@ -89,7 +89,7 @@ class Grounding:
         the order of ``pairs.csv``) and last ``grounding.json`` (:meth:`provenance` with
         ``sources``: where the basis, the weights and the images came from) into ``out``."""
         out = Path(out)
-        grid = model_grid(model)
+        grid = model_grid(model, self.basis.layer)
         shown = model.denormalize(self.images)
         written = []
         for k in self.latents.tolist():
@@ -178,9 +178,9 @@ def ground(model: Model, basis: ConceptBasis, images: ImageStream,
     x = torch.cat([images.load(i, i + 1) for i in ids.tolist()]).to(model.device)
     pairs = LatentPairs(local, pairs.latent, pairs.position, pairs.activation, readout)
     maps = latent_ierfs(model, basis, x, pairs, method, baselines=blank)
+    grid = model_grid(model, basis.layer)
     acts = patch_scores(model, basis, x, pairs, "activation") if basis.tokens != "cls" else \
-        torch.full((len(pairs), model_grid(model)[0] * model_grid(model)[1]), float("nan"))
-    grid = model_grid(model)
+        torch.full((len(pairs), grid[0] * grid[1]), float("nan"))
     stats = nonlocality(pool_to_patches(maps, grid), pairs.position, grid, radius)
     return Grounding(basis, method, found, wanted, pairs, x, ids, maps, acts, stats, blank)
 

@@ -148,7 +148,7 @@ def ground_truth_scores(model: Model, basis: ConceptBasis, x: torch.Tensor,
         act = base.clone()
     else:
         tokens = patch_scores(model, basis, x, pairs, "activation")
-        act = mass_on_mask(token_map(tokens, model_grid(model), tuple(x.shape[-2:])), masks)
+        act = mass_on_mask(token_map(tokens, model_grid(model, basis.layer), tuple(x.shape[-2:])), masks)
         act = torch.where(pairs.is_cls, base, act)
     return {"ierf": mass_on_mask(maps, masks), "activation": act, "chance": base}
 

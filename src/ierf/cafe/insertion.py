@@ -48,7 +48,7 @@ def patch_scores(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: Late
     activation at each patch token on ``x[pairs.image]``; NaN rows for CLS pairs) or
     ``"random"`` (seeded uniform scores).
     """
-    grid = model_grid(model)
+    grid = model_grid(model, basis.layer)
     n = grid[0] * grid[1]
     if isinstance(ranking, torch.Tensor):
         return pool_to_patches(ranking, grid)
@@ -102,7 +102,7 @@ def insertion_curves(model: Model, basis: ConceptBasis, x: torch.Tensor, pairs: 
     batch_size : canvases per forward pass (masks are built per batch: memory stays flat).
     """
     check_basis(model, basis)
-    grid = model_grid(model)
+    grid = model_grid(model, basis.layer)
     if scores.shape != (len(pairs), grid[0] * grid[1]):
         raise IerfError(f"expected ({len(pairs)}, {grid[0] * grid[1]}) patch scores, got "
                         f"{tuple(scores.shape)}")

@@ -9,6 +9,7 @@ bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -31,16 +32,24 @@ class Learner(Protocol):
 
 class SAELearner:
     """Adam steps on ``sae.loss`` (then ``sae.constrain``); the decoder bias starts at the
-    mean of the first buffer."""
+    mean of the first buffer.
 
-    def __init__(self, sae: SAEBase, lr: float) -> None:
+    Data-parallel: ``average`` (e.g. :func:`ierf.dist.all_mean`) averages the first buffer's
+    mean and every step's gradients and loss over the ranks, so that all ranks hold the same
+    SAE and each step equals one on the union of the ranks' equal-sized minibatches (the
+    losses of Eqs. 8–9 are means over tokens)."""
+
+    def __init__(self, sae: SAEBase, lr: float,
+                 average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.extractor = sae
         self.opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        self.average = average
 
     @torch.no_grad()
     def start(self, tokens: torch.Tensor) -> None:
         if self.extractor.decoder.bias is not None:
-            self.extractor.decoder.bias.copy_(tokens.mean(0))
+            mean = tokens.mean(0)
+            self.extractor.decoder.bias.copy_(self.average(mean) if self.average else mean)
 
     def step(self, batch: torch.Tensor) -> float:
         sae = self.extractor
@@ -48,10 +57,23 @@ class SAELearner:
         loss = sae.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.average is not None:
+            loss = self._average_grads(loss)
         self.opt.step()
         sae.constrain()
         sae.eval()
         return loss.item()
+
+    @torch.no_grad()
+    def _average_grads(self, loss: torch.Tensor) -> torch.Tensor:
+        """Replace every gradient (and the loss) by its mean over the ranks: one collective
+        on their concatenation."""
+        params = list(self.extractor.parameters())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.average(torch.cat([*(g.flatten() for g in grads), loss.detach()[None]]))
+        for p, g in zip(params, flat[:-1].split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p).clone()
+        return flat[-1]
 
     def state(self) -> dict[str, torch.Tensor]:
         tensors = {f"sae/{k}": v for k, v in self.extractor.state_dict().items()}

@@ -17,10 +17,19 @@ run with the same settings resumes where the last one stopped, bit for bit, and 
 other settings is refused. At the end each SAE is saved as a
 :class:`~ierf.concepts.basis.ConceptBasis` folder ``OUT/<layer>-<tokens>/`` and the
 checkpoint is removed.
+
+Data-parallel under ``torchrun`` (:mod:`ierf.dist`): rank ``r`` of ``R`` streams the image
+batches ``r, r + R, r + 2R, …`` into its own buffers (drained with its own shuffling
+generator, seeded ``seed + r``), and every Adam step uses the gradients averaged over the
+ranks (:class:`~ierf.cafe.learners.SAELearner` ``average``), so the ranks stay in lockstep
+with one SAE: ``R`` ranks with minibatch ``b`` take the steps of one process on the union of
+their ``R`` minibatches of ``b`` tokens. Rank 0 alone writes checkpoints (with every rank's
+buffers and generator) and the bases, and shows the progress bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +48,7 @@ from ierf.concepts.extractors.base import default_n_concepts
 from ierf.concepts.extractors.minibatch_kmeans import MiniBatchSphericalKMeans
 from ierf.concepts.extractors.sae import cpu_threads, step_threads
 from ierf.concepts.fitting import METHODS
+from ierf.dist import all_mean, barrier, distributed, gather_to_rank0, rank_world
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
 from ierf.lock import WriterLock
@@ -97,9 +107,10 @@ class SAETraining:
             raise IerfError(f"the buffer ({self.buffer_tokens} tokens) must hold at least one "
                             f"minibatch ({self.batch_size} tokens)")
 
-    def build(self, n_features: int, device: torch.device | str = "cpu") -> Learner:
+    def build(self, n_features: int, device: torch.device | str = "cpu",
+              data_parallel: bool = False) -> Learner:
         """A fresh learner (SAE and its optimiser, or k-means) for ``n_features``-channel
-        tokens."""
+        tokens; ``data_parallel``: its steps average gradients over the ``torchrun`` ranks."""
         cls = METHODS[self.method]
         if issubclass(cls, MiniBatchSphericalKMeans):
             return KMeansLearner(cls(self.n_concepts, batch_size=self.batch_size,
@@ -107,7 +118,7 @@ class SAETraining:
         opts = ({"k": self.k} if issubclass(cls, TopKSAE) else
                 {"l1_coeff": self.l1_coeff} if issubclass(cls, SparseAutoencoder) else {})
         sae = cls(n_features, self.n_concepts, seed=self.seed, **opts).to(device)
-        return SAELearner(sae, self.lr)
+        return SAELearner(sae, self.lr, all_mean if data_parallel else None)
 
     def n_latents(self, n_features: int) -> int:
         """``K`` for ``n_features``-channel tokens."""
@@ -128,14 +139,17 @@ class SAETrainer:
 
     Everything that can be checked before the first forward pass is: layer names, CLS
     tokens, the token count (at least one minibatch of each kind per epoch), and settings
-    against a checkpoint or finished SAEs in ``out``.
+    against a checkpoint or finished SAEs in ``out``. ``shard``: ``(rank, ranks)`` of the
+    data-parallel split (default: this process's ``torchrun`` rank; gradients are averaged
+    only within a process group).
     """
 
     def __init__(self, model: Model, images: ImageStream, layers: Sequence[str],
                  out: str | Path, tokens: Sequence[str] = ("patch",),
-                 config: SAETraining = SAETraining(), device: str | torch.device = "cpu"
-                 ) -> None:
+                 config: SAETraining = SAETraining(), device: str | torch.device = "cpu",
+                 shard: tuple[int, int] | None = None) -> None:
         self.model, self.images, self.out, self.config = model, images, Path(out), config
+        self.rank, self.ranks = shard if shard is not None else rank_world()
         self.device = torch.device(device)
         self.layers, self.kinds = list(dict.fromkeys(layers)), list(dict.fromkeys(tokens))
         if not self.layers or not self.kinds:
@@ -149,10 +163,18 @@ class SAETrainer:
             model.module(layer)
         self.keys = [(layer, kind) for layer in self.layers for kind in self.kinds]
         self.n_batches = -(-len(images) // config.image_batch)
+        if self.ranks > 1:
+            if config.method not in SAE_METHODS:
+                raise IerfError(f"{config.method} trains in one process: run it without "
+                                "torchrun, or choose an SAE method")
+            if len(images) % (self.ranks * config.image_batch):
+                raise IerfError(f"{self.ranks} ranks need the same tokens each: give a number "
+                                f"of images that is a multiple of {self.ranks} × image batch "
+                                f"{config.image_batch}, not {len(images)}")
         self.settings = as_stored({
             "model": model.name, "fingerprint": weights_fingerprint(model.net),
             "images": images.describe(), "layers": self.layers, "tokens": self.kinds,
-            **asdict(config)})
+            "ranks": self.ranks, **asdict(config)})
 
     def name(self, layer: str, kind: str) -> str:
         """Folder (and checkpoint prefix) of one SAE: ``<layer>-<kind>``."""
@@ -167,7 +189,8 @@ class SAETrainer:
         ``stop_after``: process at most this many image batches in this call, checkpoint and
         return ``None`` (call again to go on). Returns ``{"<layer>-<kind>": basis}`` when done.
         """
-        with WriterLock(self.out):    # one trainer per output folder (lock file beside it)
+        # one trainer per output folder (lock file beside it), held by rank 0 for all ranks
+        with WriterLock(self.out) if self.rank == 0 else contextlib.nullcontext():
             return self._run(progress, stop_after)
 
     def _run(self, progress: bool, stop_after: int | None) -> dict[str, ConceptBasis] | None:
@@ -175,16 +198,16 @@ class SAETrainer:
         if finished is not None:
             return finished
         self._setup()
-        total = self.config.epochs * self.n_batches
+        total = self.config.epochs * self.n_batches // self.ranks     # this rank's batches
         done_now = 0
         bar = tqdm(total=total, initial=self.position, desc="SAE training", unit="batch",
-                   disable=not progress)
+                   disable=not progress or self.rank != 0)
         try:
             while self.position < total:
                 if stop_after is not None and done_now >= stop_after:
                     self._checkpoint()
                     return None
-                self._step(self.position % self.n_batches)
+                self._step((self.position * self.ranks + self.rank) % self.n_batches)
                 self.position += 1
                 done_now += 1
                 bar.update()
@@ -221,9 +244,10 @@ class SAETrainer:
         self.learners: dict[tuple[str, str], Learner] = {}
         self.buffers: dict[tuple[str, str], TokenBuffer] = {}
         for key, t in probe.items():
-            self.learners[key] = cfg.build(t.shape[1], self.device)
+            self.learners[key] = cfg.build(t.shape[1], self.device,
+                                           self.ranks > 1 and distributed())
             self.buffers[key] = TokenBuffer(cfg.buffer_tokens, t.shape[1], self.device)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed + self.rank)
         self.position = 0
         self.steps = {self.name(*k): 0 for k in self.keys}
         self.losses: dict[str, float] = {}
@@ -265,6 +289,8 @@ class SAETrainer:
     # -- files ------------------------------------------------------------------------------
 
     def _save(self) -> dict[str, ConceptBasis]:
+        """Every rank's bases (the same SAEs); rank 0 writes them and removes the
+        checkpoint."""
         bases = {}
         for (layer, kind), learner in self.learners.items():
             name = self.name(layer, kind)
@@ -272,9 +298,12 @@ class SAETrainer:
                                       method=self.config.method, images=self.images.describe(),
                                       steps=self.steps[name], final_loss=self.losses.get(name),
                                       training=self.settings)
-            basis.save(self.out / name)
+            if self.rank == 0:
+                basis.save(self.out / name)
             bases[name] = basis
-        (self.out / CHECKPOINT).unlink(missing_ok=True)
+        if self.rank == 0:
+            (self.out / CHECKPOINT).unlink(missing_ok=True)
+        barrier()
         return bases
 
     def _finished(self) -> dict[str, ConceptBasis] | None:
@@ -295,17 +324,24 @@ class SAETrainer:
         return bases if len(present) == len(folders) else None
 
     def _checkpoint(self) -> None:
-        tensors = {"rng": self.generator.get_state()}
-        for key, learner in self.learners.items():
-            name = self.name(*key)
-            tensors.update({f"{name}/{k}": v for k, v in learner.state().items()})
+        """Rank 0 writes the learners (the same on every rank) and every rank's buffers and
+        shuffling generator (``rank<r>/…``)."""
+        mine = {"rng": self.generator.get_state()}
+        for key in self.keys:
             for k, v in self.buffers[key].state().items():
-                tensors[f"{name}/buffer/{k}"] = v
-        meta = {"settings": self.settings, "position": self.position, "steps": self.steps,
-                "losses": self.losses}
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-        with atomic_path(self.out / CHECKPOINT) as tmp:
-            save_file(tensors, tmp, metadata={"ierf": json.dumps(meta)})
+                mine[f"{self.name(*key)}/buffer/{k}"] = v.detach().cpu()
+        per_rank = gather_to_rank0(mine)
+        if per_rank is not None:
+            tensors = {f"rank{r}/{k}": v for r, part in enumerate(per_rank)
+                       for k, v in part.items()}
+            for key, learner in self.learners.items():
+                tensors.update({f"{self.name(*key)}/{k}": v for k, v in learner.state().items()})
+            meta = {"settings": self.settings, "position": self.position, "steps": self.steps,
+                    "losses": self.losses}
+            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+            with atomic_path(self.out / CHECKPOINT) as tmp:
+                save_file(tensors, tmp, metadata={"ierf": json.dumps(meta)})
+        barrier()
 
     def _load_checkpoint(self) -> None:
         path = self.out / CHECKPOINT
@@ -323,13 +359,14 @@ class SAETrainer:
             raise ConfigMismatchError(f"{str(path)!r} holds a run with other settings "
                                       f"({'; '.join(changes)}); re-run with the same options "
                                       "to resume, or choose another output folder")
-        self.generator.set_state(tensors["rng"].cpu())
+        rank = f"rank{self.rank}/"
+        self.generator.set_state(tensors[f"{rank}rng"].cpu())
         self.position, self.steps, self.losses = meta["position"], meta["steps"], meta["losses"]
         for key, learner in self.learners.items():
             name = self.name(*key)
             mine = {k.removeprefix(f"{name}/"): v for k, v in tensors.items()
-                    if k.startswith(f"{name}/") and not k.startswith(f"{name}/buffer/")}
+                    if k.startswith(f"{name}/")}
             if self.steps[name]:            # a learner that has not started has no state
                 learner.load_state(mine)
-            self.buffers[key].load_state({k: tensors[f"{name}/buffer/{k}"]
+            self.buffers[key].load_state({k: tensors[f"{rank}{name}/buffer/{k}"]
                                           for k in ("data", "overflow")})

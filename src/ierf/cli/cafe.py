@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub = c.add_subparsers(required=True, metavar="ACTION")
 
     t = csub.add_parser("train-sae", help="train SAEs per layer on tokens streamed over an "
-                        "image set (resumable)")
+                        "image set (resumable; data-parallel under torchrun)")
     t.add_argument("--model", required=True, help="model name (see `ierf models`)")
     _images(t, "train")
     t.add_argument("--layers", required=True, help="comma-separated layers (e.g. "
@@ -78,13 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _images(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--images", required=True, help="benchmark[:<seed>:<split>] (synthetic "
                    f"scenes; default split {split}), photos, or a folder of images")
-    p.add_argument("--n", type=int, help="number of images (required for benchmark; default: "
-                   "all photos / files)")
+    p.add_argument("--n", "--num-images", type=int, dest="n", help="number of images "
+                   "(required for benchmark; default: all photos / files; under torchrun spell "
+                   "it --num-images, as torchrun takes --n for its own --nnodes…)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="pretrained", help="the model's weights: pretrained "
-                   "(default) or a state-dict file (.pth / .safetensors)")
+                   "(default), a state-dict file (.pth / .safetensors), or an OpenCLIP tag "
+                   "(openai, laion2b_…) for openclip/<arch> models")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -113,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
                          config, args.device)
     trainer.checkpoint_every = max(1, args.checkpoint_every)
     bases = trainer.run(progress=not args.no_progress)
-    for name, basis in bases.items():
+    for name, basis in bases.items() if trainer.rank == 0 else ():
         print(f"{name}: {basis!r} ({basis.provenance.get('steps')} steps, final loss "
               f"{basis.provenance.get('final_loss')}) → {Path(args.out) / name}/")
     return 0
@@ -132,8 +134,8 @@ def _ground(args: argparse.Namespace) -> int:
     result = ground(model, basis, images, latents, n_latents=args.n_latents, top=args.top,
                     method=args.method, readout=args.readout, blank=args.blank,
                     progress=not args.no_progress)
-    named = args.weights in ("pretrained", "imagenet")
-    weights = args.weights if named else str(Path(args.weights).resolve())
+    # a state-dict file is recorded by its full path; names and tags (pretrained, openai) as given
+    weights = str(Path(args.weights).resolve()) if Path(args.weights).is_file() else args.weights
     sources = {"basis": {"path": args.basis, "resolved": str(Path(args.basis).resolve())},
                "weights": weights, "images": str(images.source), "n": len(images)}
     written = result.write(args.out, model, [images.ids[i] for i in result.image_ids.tolist()],

@@ -202,7 +202,7 @@ def overlays(files: GroundingFiles, grounded: Grounded | None, table: ImageTable
     if grounded is not None:
         from ierf.cafe.blanks import model_grid
 
-        grid = model_grid(grounded.model)
+        grid = model_grid(grounded.model, grounded.basis.layer)
         shown = grounded.model.denormalize(grounded.x)[grounded.local]
     else:
         side = math.isqrt(acts.shape[1])

@@ -29,7 +29,7 @@ from ierf.io import atomic_path
 DASHBOARD_VERSION = 1
 KINDS = ("concepts", "latents")
 #: the dashboard's scripts, in the order they are concatenated (``dash_app.js`` starts it)
-DASH_SCRIPTS = ("dash_util.js", "dash_grid.js", "dash_concepts.js", "dash_latents.js",
+DASH_SCRIPTS = ("util.js", "dash_util.js", "dash_grid.js", "dash_concepts.js", "dash_latents.js",
                 "dash_app.js")
 DASH_STYLES = ("dash.css",)
 

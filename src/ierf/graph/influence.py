@@ -12,6 +12,8 @@ hold (they have no parents). An edge's influence is ``Â_{st} I_t``.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 from ierf.errors import IerfError
@@ -40,7 +42,7 @@ def node_influence(edges: list[torch.Tensor], class_weights: torch.Tensor
     """
     if (class_weights < 0).any() or class_weights.sum() <= 0:
         raise IerfError("class weights must be non-negative and not all zero")
-    for w, nxt in zip(edges[:-1], edges[1:]):
+    for w, nxt in pairwise(edges):
         if w.shape[1] + 1 != nxt.shape[0]:
             raise IerfError(f"edge matrices do not chain: {tuple(w.shape)} then "
                             f"{tuple(nxt.shape)}")

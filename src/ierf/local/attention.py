@@ -8,8 +8,9 @@ stream ``x^(ℓ) (B, T, C)`` after the block with its gradient ``g^(ℓ) = ∂y_
 
 Supported: timm ``VisionTransformer``-style blocks (an ``attn`` module with ``attn_drop`` and a
 ``fused_attn`` switch; fused attention is switched off while recording and restored after) and
-torchvision's ``vit_b_16`` family (``nn.MultiheadAttention`` in ``EncoderBlock``, recomputed
-explicitly per head while recording). Hooks live only for the duration of one :func:`trace`.
+torchvision's ``vit_b_16`` family and open_clip image towers (``nn.MultiheadAttention`` in
+``EncoderBlock`` / ``ResidualAttentionBlock``, recomputed explicitly per head while recording).
+Hooks live only for the duration of one :func:`trace`.
 """
 
 from __future__ import annotations
@@ -72,12 +73,16 @@ def attention_blocks(model: Model) -> list[AttentionBlock]:
             found.append(AttentionBlock(name, m, attn))
         elif isinstance(getattr(m, "self_attention", None), nn.MultiheadAttention):
             found.append(AttentionBlock(name, m, m.self_attention))
+        elif isinstance(attn, nn.MultiheadAttention):  # open_clip's ResidualAttentionBlock
+            found.append(AttentionBlock(name, m, attn))
     if not found:
         raise IerfError(f"{model.name} has no supported self-attention blocks: attention-based "
                         "methods (raw-attention, rollout, transmm, gated-transmm) explain vision "
-                        "transformers (timm VisionTransformer, torchvision vit_b_16, toy-vit); "
+                        "transformers (timm VisionTransformer, torchvision vit_b_16, open_clip, "
+                        "toy-vit); "
                         "for CNNs use srd, gradient or a CAM method")
-    if model.num_prefix_tokens < 1 or getattr(model.net, "global_pool", "token") != "token":
+    if model.num_prefix_tokens < 1 or getattr(model.net, "global_pool", "token") != "token" \
+            or getattr(model.net, "pool_type", "tok") != "tok":  # open_clip's pooling
         raise IerfError(f"{model.name} does not classify from a CLS token (num_prefix_tokens = "
                         f"{model.num_prefix_tokens}, global_pool = "
                         f"{getattr(model.net, 'global_pool', None)!r}); attention-based methods "

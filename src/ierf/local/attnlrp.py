@@ -30,7 +30,7 @@ from torch import nn
 
 from ierf.errors import IerfError
 from ierf.local.attnlrp_rules import AttnLRPMode
-from ierf.local.base import Attributor
+from ierf.local.base import Attributor, recorded_layer
 from ierf.local.mha import explicit_attention
 from ierf.local.patches import frozen_params
 from ierf.models.hooks import forward_until
@@ -246,19 +246,15 @@ class AttnLRPPass:
         if target_layer(target) is not None:
             raise IerfError("AttnLRPPass.relevance explains a class; give PFV-level targets "
                             "to ierfs()")
-        maps = self._lrp._from_pass(self._x if input_map else None, self.logits, self.outputs, [target], self._layers,
-                                    1, retain=True)
+        x = self._x if input_map else None
+        maps = self._lrp._from_pass(x, self.logits, self.outputs, [target], self._layers, 1,
+                                    retain=True)
         return {k: v[0] for k, v in maps.items()}
 
     def ierfs(self, targets: Sequence[LayerTarget], internal_batch_size: int = 16
               ) -> torch.Tensor:
         """As :meth:`AttnLRP.ierfs`: (K, B, H, W) iERFs of targets of one of the pass's layers
         (Eq. 10), colour channels summed."""
-        if internal_batch_size < 1:
-            raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
-        layer = one_layer(targets)
-        if layer not in self.outputs:
-            raise IerfError(f"this pass recorded layers {self._layers}, not {layer!r}; pass "
-                            "it to forward_pass()")
+        layer = recorded_layer(targets, list(self.outputs), internal_batch_size)
         return self._lrp._from_pass(self._x, self.outputs[layer], self.outputs, list(targets),
                                     [], internal_batch_size, retain=True)["input"].sum(2)

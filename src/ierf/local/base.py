@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, Self
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from ierf.errors import IerfError
 from ierf.models.model import Model, as_model
-from ierf.targets import ClassTarget, resolve_target, target_layer
+from ierf.targets import ClassTarget, LayerTarget, one_layer, resolve_target, target_layer
 
 
 class Attributor(ABC):
@@ -101,3 +102,16 @@ class Attributor(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def recorded_layer(targets: Sequence[LayerTarget], recorded: Sequence[str],
+                   internal_batch_size: int) -> str:
+    """The one layer of PFV-level ``targets``, checked against the layers a shared forward
+    pass recorded (``forward_pass(x, layers)`` of SRD and AttnLRP)."""
+    if internal_batch_size < 1:
+        raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
+    layer = one_layer(targets)
+    if layer not in recorded:
+        raise IerfError(f"this pass recorded layers {list(recorded)}, not {layer!r}; pass it "
+                        "to forward_pass()")
+    return layer

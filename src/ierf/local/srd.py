@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ierf.errors import IerfError
-from ierf.local.base import Attributor
+from ierf.local.base import Attributor, recorded_layer
 from ierf.local.frozen import FrozenMode
 from ierf.local.nonlinearity import ACTIVATION_MODULES, AFFINE_MODULES, NonlinearityMode
 from ierf.models.hooks import forward_until, record_outputs
@@ -439,21 +439,17 @@ class SRDPass:
         if target_layer(target) is not None:
             raise IerfError("SRDPass.relevance explains a class; give PFV-level targets to "
                             "ierfs()")
-        maps = self._srd._from_pass(self._x if input_map else None, self.logits, self.outputs, self._start,
-                                    self._layers, [target], self._biases.get(self._start),
-                                    chunk=1, retain=True)
+        x = self._x if input_map else None
+        maps = self._srd._from_pass(x, self.logits, self.outputs, self._start, self._layers,
+                                    [target], self._biases.get(self._start), chunk=1,
+                                    retain=True)
         return {k: v[0] for k, v in maps.items()}
 
     def ierfs(self, targets: Sequence[LayerTarget], internal_batch_size: int = 16
               ) -> torch.Tensor:
         """As :meth:`SRD.ierfs`: (K, B, H, W) iERFs of PFV-level targets of one of the pass's
         layers (Eq. 2), by batched backward passes from that layer."""
-        if internal_batch_size < 1:
-            raise IerfError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
-        layer = one_layer(targets)
-        if layer not in self.outputs:
-            raise IerfError(f"this pass recorded layers {self._layers}, not {layer!r}; pass "
-                            "it to forward_pass()")
+        layer = recorded_layer(targets, list(self.outputs), internal_batch_size)
         return self._srd._from_pass(self._x, None, self.outputs, layer, [], list(targets),
                                     self._biases.get(layer), internal_batch_size,
                                     retain=True)["input"]

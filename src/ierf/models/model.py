@@ -241,7 +241,8 @@ def as_model(model: Model | nn.Module) -> Model:
 
 
 def vit_layout(net: nn.Module) -> tuple[int, tuple[int, int] | None]:
-    """``(prefix tokens, patch grid)`` of a timm or torchvision ViT; ``(0, None)`` otherwise."""
+    """``(prefix tokens, patch grid)`` of a timm, torchvision or open_clip ViT; ``(0, None)``
+    otherwise."""
     import torchvision
 
     if isinstance(net, torchvision.models.VisionTransformer):
@@ -250,13 +251,16 @@ def vit_layout(net: nn.Module) -> tuple[int, tuple[int, int] | None]:
     grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
     if grid is not None and hasattr(net, "num_prefix_tokens"):
         return int(net.num_prefix_tokens), (int(grid[0]), int(grid[1]))
+    grid = getattr(net, "grid_size", None)
+    if grid is not None and isinstance(getattr(net, "class_embedding", None), nn.Parameter):
+        return 1, (int(grid[0]), int(grid[1]))  # open_clip VisionTransformer: one CLS token
     return 0, None
 
 
 def vit_blocks(net: nn.Module) -> tuple[str, nn.Module] | None:
     """Name and container of a ViT's transformer blocks: timm ``blocks``, torchvision
-    ``encoder.layers``; ``None`` if the net has neither."""
-    for name in ("blocks", "encoder.layers"):
+    ``encoder.layers``, open_clip ``transformer.resblocks``; ``None`` if the net has none."""
+    for name in ("blocks", "encoder.layers", "transformer.resblocks"):
         try:
             blocks = net.get_submodule(name)
         except AttributeError:

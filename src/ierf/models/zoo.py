@@ -49,7 +49,8 @@ def warn_if_out_of_domain(model: Model, image: object, name: str) -> None:
 
 
 def available_models() -> list[str]:
-    """Names ``load_model`` accepts (any timm model also works as ``timm/<name>``)."""
+    """Names ``load_model`` accepts (any timm model also works as ``timm/<name>``, any OpenCLIP
+    architecture as ``openclip/<name>``)."""
     return [*OFFLINE_MODELS, *TORCHVISION_MODELS, *TIMM_MODELS]
 
 
@@ -58,10 +59,17 @@ def load_model(name: str, weights: str | Path | None = "pretrained") -> Model:
 
     Parameters
     ----------
-    name : one of :func:`available_models`, or ``"timm/<timm model name>"``.
+    name : one of :func:`available_models`, ``"timm/<timm model name>"``, or
+        ``"openclip/<architecture>"`` (the image tower of an OpenCLIP model, e.g.
+        ``"openclip/ViT-L-14"``; needs ``pip install -e '.[clip]'``).
     weights : ``"pretrained"`` (alias ``"imagenet"`` for ImageNet models): the model's real
         weights; ``None``: random weights; or a path to a state dict (``.pth``/``.safetensors``).
+        OpenCLIP models also take an open_clip pretrained tag (``"openai"``, ...): see
+        :func:`ierf.models.openclip.load_openclip`.
     """
+    if name.startswith("openclip/"):
+        from ierf.models.openclip import load_openclip  # on use: open_clip is optional
+        return load_openclip(name.removeprefix("openclip/"), weights)
     builders: dict[str, Callable[[bool], Model]] = {
         "efficientnet_lite0": _efficientnet_lite0,
         **{n: (lambda p, n=n: _toy(n, p)) for n in TOY_MODELS},

@@ -1,4 +1,5 @@
-// Small helpers of the dashboards. Everything from the data is put into the page as text
+// Small helpers of the dashboards (util.js, the graph page's, comes first: el, svgEl, fmt, pct).
+// Everything from the data is put into the page as text
 // (textContent, attribute values), never as markup.
 
 // An error anywhere is shown in the page (never a blank or silently frozen page).
@@ -8,48 +9,7 @@ window.addEventListener("error", (e) => {
   else fatal(message);
 });
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 let IMAGES = [];                       // the payload's picture URLs, by index
-
-/** An HTML element: `attrs` are attributes or, for `on*` keys, listeners; `children` are
- *  nodes or strings (added as text). */
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  setAttrs(node, attrs);
-  for (const child of children.flat(Infinity)) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-}
-
-function svgEl(tag, attrs) {
-  const node = document.createElementNS(SVG_NS, tag);
-  setAttrs(node, attrs);
-  return node;
-}
-
-function setAttrs(node, attrs) {
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : String(value));
-  }
-}
-
-/** A number for people: 3 significant digits. */
-function fmt(x) {
-  if (x === null || x === undefined || Number.isNaN(x)) return "–";
-  if (typeof x !== "number") return String(x);
-  const abs = Math.abs(x);
-  if (abs !== 0 && (abs < 1e-3 || abs >= 1e5)) return x.toExponential(2);
-  return Number(x.toPrecision(3)).toString();
-}
-
-function pct(x) {
-  if (x === null || x === undefined || Number.isNaN(x)) return "–";
-  return `${Math.round(x * 1000) / 10}%`;
-}
 
 /** An <img> of picture `index` of the payload (a placeholder when there is none). */
 function picture(index, alt, cls) {

@@ -19,7 +19,7 @@ const COLORS = { pos: "#c0392b", neg: "#2e6fbd", route: "#111111" };
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   setAttrs(node, attrs);
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : String(child));
   }
@@ -56,6 +56,7 @@ function fmt(x, signed) {
 }
 
 function pct(x) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
   return `${Math.round(x * 1000) / 10}%`;
 }
 
