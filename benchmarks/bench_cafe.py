@@ -69,13 +69,13 @@ def train(model, out: Path, n: int, quick: bool) -> list:
     return [bases[f"{layer}-{kind}"] for kind in ("patch", "cls") for layer in LAYERS]
 
 
-def speed(model, basis, x) -> str:
+def speed(model, basis, x, methods=("attnlrp", "srd", "integrated-gradients")) -> str:
     acts = latent_activations(model, basis, x)
     positions = token_positions(basis, model.pfvs(x[:1], basis.layer)[basis.layer])
     latents = (acts > 0).any(1).sum(0).topk(8).indices
     pairs = select_pairs(acts, positions, latents, 4)
     lines = []
-    for method in ("attnlrp", "srd", "integrated-gradients"):
+    for method in methods:
         latent_ierfs(model, basis, x, pairs[:2], method)                     # warm-up
         start = time.perf_counter()
         latent_ierfs(model, basis, x, pairs, method)

@@ -146,7 +146,7 @@ def test_ctrl_c_is_one_line_and_the_build_resumes(tmp_path) -> None:
     import time
 
     command = [sys.executable, "-m", "ierf", "atlas", "build", "--model", "toy-resnet",
-               "--images", "benchmark", "--n", "48", "--batch-size", "8", "--layers", "layer3",
+               "--images", "benchmark", "--n", "24", "--batch-size", "4", "--layers", "layer3",
                "--out", str(tmp_path / "atlas")]
     build = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -167,4 +167,4 @@ def test_ctrl_c_is_one_line_and_the_build_resumes(tmp_path) -> None:
     assert again.returncode == 0, again.stderr
     info = subprocess.run([*ierf, "atlas", "info", str(tmp_path / "atlas")], check=False,
                           capture_output=True, text=True, timeout=300)
-    assert "48 of 48 done" in info.stdout, info.stdout
+    assert "24 of 24 done" in info.stdout, info.stdout

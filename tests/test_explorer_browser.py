@@ -7,9 +7,7 @@ Set IERF_EXPLORER_SHOTS=DIR to keep a screenshot of each view in DIR."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import VIEWPORT, launch, shot
 from test_explorer import (
     XSS,
     auc_entry,
@@ -31,21 +30,9 @@ from test_explorer import (
 
 from ierf.explorer import export_html, render_page
 
-CHROMIUM = next((found for name in (os.environ.get("IERF_CHROMIUM"), "chromium",
-                                    "chromium-browser", "google-chrome")
-                 if name and (found := shutil.which(name))), None)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium to test the explorer page in: `apt-get install "
-    "chromium` (.ci/run does), or point IERF_CHROMIUM at a Chromium binary")
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright's Python package drives Chromium here: "
-    "pip install -e '.[test]'")
-
-SHOTS = os.environ.get("IERF_EXPLORER_SHOTS")
 XSS_CLASS = "<b onmouseover=alert(3)>cat</b>"
 #: elements the labels above would create if they were read as markup
 INJECTED = "document.querySelectorAll('img[src=\"x\"], [onerror], [onmouseover]').length"
-VIEWPORT = {"width": 1400, "height": 900}
 
 
 @dataclass
@@ -65,17 +52,12 @@ class Opened:
         return int(data["nodes"]), int(data["edges"])
 
     def shot(self, name: str) -> None:
-        if SHOTS:
-            Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+        shot(self.page, f"{name}")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
+    yield from launch()
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ Set IERF_EXPLORER_SHOTS=DIR to keep a screenshot of each view in DIR."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from browser import VIEWPORT, launch, shot
 from test_explorer_dashboards import (  # noqa: F401  (module fixtures)
     SCRIPT_CLOSE,
     XSS,
@@ -30,19 +29,7 @@ from ierf.explorer import export_concepts, export_latents, render_dashboard
 from ierf.explorer.dashboard_images import ImageTable
 from ierf.explorer.dashboard_page import payload
 
-CHROMIUM = next((found for name in (os.environ.get("IERF_CHROMIUM"), "chromium",
-                                    "chromium-browser", "google-chrome")
-                 if name and (found := shutil.which(name))), None)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium to test the dashboards in: `apt-get install "
-    "chromium` (.ci/run does), or point IERF_CHROMIUM at a Chromium binary")
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright's Python package drives Chromium here: "
-    "pip install -e '.[test]'")
-
-SHOTS = os.environ.get("IERF_EXPLORER_SHOTS")
 INJECTED = "document.querySelectorAll('img[src=\"x\"], [onerror]').length"
-VIEWPORT = {"width": 1400, "height": 900}
 BIG = 5000
 
 
@@ -70,9 +57,7 @@ class Opened:
         return self.page.eval_on_selector_all(css, "els => els.length")
 
     def shot(self, name: str) -> None:
-        if SHOTS:
-            Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"dash-{name}.png"))
+        shot(self.page, f"dash-{name}")
 
 
 def clean(opened: Opened) -> None:
@@ -134,10 +119,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory, atlas_dir, grounding  # noqa
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
+    yield from launch()
 
 
 @pytest.fixture
