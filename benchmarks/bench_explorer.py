@@ -33,15 +33,9 @@ from typing import Any
 from ierf.explorer import export_html
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser import TIMED_STEP as STEP  # the tests' timed control step
 from test_explorer import synthetic_doc  # the tests' graph generator
 
-STEP = """async ([sel, value]) => {
-    const e = document.querySelector(sel);
-    const t = performance.now();
-    e.value = String(value);
-    e.dispatchEvent(new Event(e.tagName === "SELECT" ? "change" : "input", {bubbles: true}));
-    await new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
-    return performance.now() - t; }"""
 COLLAPSE = """async (layer) => {
     const t = performance.now();
     window.ierfExplorer.collapseLayer(layer, false);

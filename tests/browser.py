@@ -24,6 +24,15 @@ sync_api = pytest.importorskip(
     "pip install -e '.[test]'")
 
 SHOTS = os.environ.get("IERF_EXPLORER_SHOTS")
+#: ``page.evaluate(TIMED_STEP, [selector, value])``: set a control, fire its event, and
+#: return the milliseconds until the next frame has been drawn
+TIMED_STEP = """async ([sel, value]) => {
+    const e = document.querySelector(sel);
+    const t = performance.now();
+    e.value = String(value);
+    e.dispatchEvent(new Event(e.tagName === "SELECT" ? "change" : "input", {bubbles: true}));
+    await new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+    return performance.now() - t; }"""
 VIEWPORT = {"width": 1400, "height": 900}
 
 

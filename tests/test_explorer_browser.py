@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import VIEWPORT, launch, shot
+from browser import TIMED_STEP, VIEWPORT, launch, shot
 from test_explorer import (
     XSS,
     auc_entry,
@@ -637,22 +637,15 @@ def test_five_thousand_nodes_fifty_thousand_edges(open_page, tmp_path) -> None:
     wall = time.perf_counter() - began
     page = opened.page
     timings = page.evaluate("window.ierfExplorer.timings")
-    step = """async ([sel, value]) => {
-        const e = document.querySelector(sel);
-        const t = performance.now();
-        e.value = String(value);
-        e.dispatchEvent(new Event(e.tagName === "SELECT" ? "change" : "input", {bubbles: true}));
-        await new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
-        return performance.now() - t; }"""
-    slider = page.evaluate(step, ["#threshold", 0.3])
+    slider = page.evaluate(TIMED_STEP, ["#threshold", 0.3])
     t = time.perf_counter()
     page.click("#node-layer g.node >> nth=3")
     page.wait_for_selector("#panel .node-label")
     click = time.perf_counter() - t
-    everything = [page.evaluate(step, ["#per-layer", 0]), page.evaluate(step, ["#topk", 0]),
-                  page.evaluate(step, ["#threshold", 0])]
+    everything = [page.evaluate(TIMED_STEP, [control, 0])
+                  for control in ("#per-layer", "#topk", "#threshold")]
     assert opened.counts() == (5000, 50_000)
-    slider_all = page.evaluate(step, ["#threshold", 0.02])
+    slider_all = page.evaluate(TIMED_STEP, ["#threshold", 0.02])
     opened.shot("scale-5000-nodes")
     result = {"page_MB": round(page_file.stat().st_size / 2**20, 1),
               "ready_ms_since_navigation": round(timings["ready"]),
