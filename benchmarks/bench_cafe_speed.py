@@ -61,11 +61,12 @@ def train_once(name: str, n: int, threads: int, load_only: bool, queue: mp.Queue
         start = time.perf_counter()
         bases = trainer.run(progress=False)
         seconds = time.perf_counter() - start
+        peak = peak_mb()                                  # training's peak, before the iERFs
         basis = bases[f"{layer}-patch"]
         sizes, methods = CONFIGS[name][3:]
         iers = speed(model, basis, data.x[:8], methods) if n == min(sizes) else ""
     tokens = n * model.pfvs(data.x[:1], layer)[layer].vectors.shape[1]
-    queue.put({"peak": peak_mb(), "seconds": seconds, "tokens": tokens, "ierfs": iers})
+    queue.put({"peak": peak, "seconds": seconds, "tokens": tokens, "ierfs": iers})
 
 
 def in_child(*args: object) -> dict:
