@@ -62,7 +62,7 @@ def prepare(model: Model, images: torch.Tensor, masks: torch.Tensor
     if p is None:
         raise IerfError(f"model {model.name!r} has no preprocessing; load it with ierf.load_model")
     size = [p.resize] if p.resize is not None else list(p.input_size)
-    x = TF.resize(images, size, interpolation=p.interpolation, antialias=True)
+    x = TF.resize(images, size, interpolation=TF.InterpolationMode(p.interpolation), antialias=True)
     m = TF.resize(masks[:, None].float(), size, interpolation=TF.InterpolationMode.NEAREST)
     x = TF.center_crop(x, list(p.input_size)).clamp(0, 1)
     m = TF.center_crop(m, list(p.input_size))[:, 0] > 0.5

@@ -16,7 +16,6 @@ patches): one image says what "no evidence" looks like for both.
 from __future__ import annotations
 
 import torch
-import torchvision.transforms.functional as TF
 
 from ierf.errors import unknown_name
 from ierf.models.model import Model
@@ -41,6 +40,8 @@ def blank_canvas(x: torch.Tensor, kind: str = "zero", grid: tuple[int, int] = (8
     if kind == "mean":
         return x.mean(0, keepdim=True).expand_as(x)
     if kind == "blur":
+        import torchvision.transforms.functional as TF
+
         sigma = x.shape[-1] / grid[1]
         size = 2 * int(2 * sigma) + 1
         return TF.gaussian_blur(x, [size, size], [sigma, sigma])

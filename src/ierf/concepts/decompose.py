@@ -114,7 +114,7 @@ def decompose(X: torch.Tensor, V: torch.Tensor, alpha: float, *, max_iter: int =
       gradient-based adaptive restart (O'Donoghue & Candès 2015); its step collapses on
       coherent dictionaries such as k-means centroids.
     - ``"auto"`` (default): homotopy. It wins in the sparse regime of the papers (≈ 5
-      non-zeros per row: 12–15× scikit-learn on k-means dictionaries of real PFVs, see
+      non-zeros per row: 13–38× scikit-learn on k-means dictionaries of real PFVs, see
       ``benchmarks/bench_concepts_real.py``) and loses with ≳ 100 non-zeros per row, where
       every event costs a small Cholesky solve; ``"fista"`` is kept for that regime.
 

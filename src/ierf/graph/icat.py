@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 from torch.func import jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -226,6 +225,8 @@ def quadrature(rule: str, n_steps: int) -> tuple[list[float], list[float]]:
     if n_steps < 1 or (rule == "riemann_trapezoid" and n_steps < 2):
         raise IerfError(f"n_steps must be >= {2 if rule == 'riemann_trapezoid' else 1}, got "
                         f"{n_steps}")
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
     try:
         step_sizes, alphas = approximation_parameters(rule)
     except ValueError:

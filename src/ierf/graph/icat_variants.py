@@ -42,12 +42,8 @@ from itertools import permutations
 import torch
 from torch import nn
 from torch.func import vjp, vmap
-from zennit.composites import LayerMapComposite, layer_map_base
-from zennit.rules import Epsilon
-from zennit.types import Convolution
 
 from ierf.graph.pair import LayerPair
-from ierf.local.lrp import ShareSums, batchnorm_merger
 from ierf.local.nonlinearity import NonlinearityMode
 from ierf.local.patches import no_inplace
 
@@ -157,6 +153,13 @@ def _deeplift(pair: LayerPair, i0: int, i1: int, idx: torch.Tensor, score: Score
 def _lrp(pair: LayerPair, i0: int, i1: int, idx: torch.Tensor, score: Score) -> torch.Tensor:
     """LRP-ε relevance of ``X̂^a`` (T, n, N_a, C_a) divided by the stabilised ``X̂^a``: what
     the decoder's ε-rule contracts with ``u_pq v_cq``."""
+    # Zennit (and torchvision, which it imports: ~2 s) only when LRP is asked for
+    from zennit.composites import LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon
+    from zennit.types import Convolution
+
+    from ierf.local.lrp import ShareSums, batchnorm_merger
+
     T, n = len(idx), i1 - i0
     images = torch.arange(i0, i1, device=idx.device).repeat(T)
     X = pair.decode(pair.U_a[i0:i1]).repeat(T, 1, 1).requires_grad_()

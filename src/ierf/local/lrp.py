@@ -5,21 +5,20 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from zennit.attribution import Gradient
-from zennit.canonizers import Canonizer, NamedMergeBatchNorm
-from zennit.composites import COMPOSITES, Composite, LayerMapComposite, layer_map_base
-from zennit.rules import ZPlus
-from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-from zennit.types import BatchNorm, Convolution
 
 from ierf.errors import IerfError, unknown_name
 from ierf.local.base import Attributor
 from ierf.local.patches import no_inplace
 from ierf.models.model import Model
+
+if TYPE_CHECKING:   # Zennit imports torchvision (~2 s): only when an LRP method runs
+    from zennit.canonizers import Canonizer
+    from zennit.composites import Composite, LayerMapComposite
 
 
 class _ZennitLRP(Attributor):
@@ -35,6 +34,8 @@ class _ZennitLRP(Attributor):
         return nullcontext()
 
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
+        from zennit.attribution import Gradient
+
         index = self.class_indices(x, target)  # on the model as it is, before canonizing
         net = self.model.net
 
@@ -105,6 +106,9 @@ class LRP(_ZennitLRP):
         self.composite, self.epsilon = composite, epsilon
 
     def _composite(self, x: torch.Tensor) -> Composite:
+        from zennit.composites import COMPOSITES
+        from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
         net = self.model.net
         canonizers = [batchnorm_merger(net), ResNetBottleneckCanonizer(),
                       ResNetBasicBlockCanonizer()]
@@ -178,6 +182,11 @@ def zplus_composite(net: nn.Module, stabilizer: float = 1e-6) -> LayerMapComposi
     instead of copying it. Other residual additions (timm's EfficientNet blocks) have no
     canonizer in Zennit: relevance is copied to both branches there and not conserved.
     """
+    from zennit.composites import LayerMapComposite, layer_map_base
+    from zennit.rules import ZPlus
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+    from zennit.types import Convolution
+
     layer_map = layer_map_base(stabilizer) + [
         (Convolution, ZPlus(stabilizer=stabilizer)),
         (torch.nn.Linear, ZPlus(stabilizer=stabilizer)),
@@ -193,6 +202,9 @@ def batchnorm_merger(net: nn.Module) -> Canonizer:
     that have children (timm's ``BatchNormAct2d`` holds its activation); this pairs modules
     in ``named_modules()`` order instead, which also covers torchvision's ResNets and VGGs.
     """
+    from zennit.canonizers import NamedMergeBatchNorm
+    from zennit.types import BatchNorm, Convolution
+
     pairs = []
     previous: tuple[str, nn.Module] | None = None
     for name, module in net.named_modules():

@@ -21,8 +21,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from captum.attr import IntegratedGradients
-from sklearn.metrics import normalized_mutual_info_score
 
 from ierf.concepts.basis import ConceptBasis
 from ierf.concepts.decompose import l0_ratio, relative_l2
@@ -101,6 +99,8 @@ def class_relevance(model: Model, x: torch.Tensor, basis: ConceptBasis,
     -------
     (B, K) relevances (and (B,) deltas).
     """
+    from captum.attr import IntegratedGradients
+
     x = model.check(x)
     U = encode_layer(model, x, basis) if U is None else U.detach()
     target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
@@ -245,6 +245,8 @@ def purity(assigned: torch.Tensor, labels: torch.Tensor) -> float:
 
 def nmi(assigned: torch.Tensor, labels: torch.Tensor) -> float:
     """Normalised mutual information (scikit-learn, arithmetic mean) of concepts vs labels."""
+    from sklearn.metrics import normalized_mutual_info_score
+
     return float(normalized_mutual_info_score(labels.cpu().numpy(), assigned.cpu().numpy()))
 
 

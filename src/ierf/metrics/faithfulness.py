@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -80,6 +79,8 @@ class PerturbationMetric(Metric):
         if self.baseline == "black":
             return x.flatten(1).amin(1).view(-1, 1, 1, 1)
         if self.baseline == "blur":
+            import torchvision.transforms.functional as TF
+
             return TF.gaussian_blur(x, [11, 11], [5.0, 5.0])
         return torch.full_like(x[:, :, :1, :1], float(self.baseline))
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
@@ -22,13 +22,15 @@ class Preprocessing:
 
     ``resize`` is the shorter-side length before the centre crop to ``input_size``; with
     ``None`` the image is resized straight to ``input_size`` (aspect ratio not kept).
+    ``interpolation`` is a torchvision ``InterpolationMode`` or its value (``"bicubic"``,
+    ``"bilinear"``, ``"nearest"``).
     """
 
     input_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: int | None = None
-    interpolation: TF.InterpolationMode = TF.InterpolationMode.BICUBIC
+    interpolation: str = "bicubic"
 
 
 @dataclass
@@ -83,14 +85,16 @@ class Model:
         if self.preprocessing is None:
             raise IerfError(f"model {self.name!r} has no preprocessing; build it with "
                             "ierf.load_model or pass Preprocessing to ierf.Model")
+        # torchvision takes ~2 s to import: only when an image is preprocessed
+        import torchvision.transforms.functional as TF
+
         p = self.preprocessing
         x = image_to_tensor(image)
-        if p.resize is not None:
-            x = TF.resize(x, p.resize, interpolation=p.interpolation, antialias=True)
-        else:
-            x = TF.resize(x, list(p.input_size), interpolation=p.interpolation, antialias=True)
+        size = p.resize if p.resize is not None else list(p.input_size)
+        x = TF.resize(x, size, interpolation=TF.InterpolationMode(p.interpolation),
+                      antialias=True)
         x = TF.center_crop(x, list(p.input_size)).clamp(0, 1)
-        return TF.normalize(x, p.mean, p.std).unsqueeze(0)
+        return normalize(x, p.mean, p.std).unsqueeze(0)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Images already at the input size, (B, 3, H, W) in [0, 1] (e.g. the synthetic
@@ -98,7 +102,7 @@ class Model:
         if self.preprocessing is None:
             raise IerfError(f"model {self.name!r} has no preprocessing; build it with "
                             "ierf.load_model or pass Preprocessing to ierf.Model")
-        return TF.normalize(images, self.preprocessing.mean, self.preprocessing.std)
+        return normalize(images, self.preprocessing.mean, self.preprocessing.std)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Invert the normalisation of ``preprocess``: (B, 3, H, W) → values in [0, 1]."""
@@ -243,9 +247,8 @@ def as_model(model: Model | nn.Module) -> Model:
 def vit_layout(net: nn.Module) -> tuple[int, tuple[int, int] | None]:
     """``(prefix tokens, patch grid)`` of a timm, torchvision or open_clip ViT; ``(0, None)``
     otherwise."""
-    import torchvision
-
-    if isinstance(net, torchvision.models.VisionTransformer):
+    torchvision = sys.modules.get("torchvision")      # not imported: not a torchvision ViT
+    if torchvision is not None and isinstance(net, torchvision.models.VisionTransformer):
         side = net.image_size // net.patch_size
         return 1, (side, side)
     grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
@@ -270,6 +273,11 @@ def vit_blocks(net: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x − mean) / std`` per channel of ``(…, C, H, W)`` (torchvision's ``normalize``)."""
+    return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
+
+
 def _guess_num_classes(net: nn.Module) -> int:
     last = [m for m in net.modules() if isinstance(m, nn.Linear)]
     return last[-1].out_features if last else 0
@@ -278,7 +286,7 @@ def _guess_num_classes(net: nn.Module) -> int:
 def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     """PIL image or HWC/HW array → float (3, H, W) in [0, 1]."""
     if isinstance(image, Image.Image):
-        return TF.to_tensor(image.convert("RGB"))
+        return image_to_tensor(np.asarray(image.convert("RGB")))
     if isinstance(image, np.ndarray):
         a = image
         if a.ndim == 2:

@@ -14,16 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-import torchvision.transforms.functional as TF
 from torch import nn
 
 from ierf.errors import IerfError, WeightsUnavailableError, unknown_name
 from ierf.models.model import Model, Preprocessing, vit_layout
 
 INSTALL_HINT = "OpenCLIP models need the optional extra: pip install -e '.[clip]'"
-INTERPOLATIONS = {"bicubic": TF.InterpolationMode.BICUBIC,
-                  "bilinear": TF.InterpolationMode.BILINEAR,
-                  "nearest": TF.InterpolationMode.NEAREST}
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 def import_open_clip() -> ModuleType:
@@ -101,8 +98,11 @@ def openclip_model(visual: nn.Module, name: str = "openclip", preprocess: dict |
     std = cfg.get("std") or getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
     size = tuple(int(s) for s in visual.image_size)
     squash = cfg.get("resize_mode") == "squash"  # resized straight to the input size
+    interpolation = cfg.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        raise unknown_name("interpolation", interpolation, INTERPOLATIONS)
     prep = Preprocessing(size, tuple(mean), tuple(std), resize=None if squash else min(size),
-                         interpolation=INTERPOLATIONS[cfg.get("interpolation", "bicubic")])
+                         interpolation=interpolation)
     prefix, grid = vit_layout(visual)
     classes = [f"embedding {i}" for i in range(visual.output_dim)]
     return Model(visual, name, classes, prep, num_prefix_tokens=prefix, patch_grid=grid)

@@ -5,7 +5,6 @@ Models take inputs normalised with ``(x - TOY_MEAN) / TOY_STD`` for ``x`` in [0,
 
 from __future__ import annotations
 
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 TOY_MEAN = (0.5, 0.5, 0.5)
@@ -115,7 +114,9 @@ class ToyVGG(nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-def _toy_vit(num_classes: int) -> VisionTransformer:
+def _toy_vit(num_classes: int) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer  # timm only when used
+
     return VisionTransformer(
         img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=2,
         num_classes=num_classes, class_token=True, global_pool="token",

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import nn
 
 from ierf.errors import IerfError, WeightsUnavailableError, unknown_name
@@ -133,7 +132,7 @@ def _efficientnet_lite0(pretrained: bool) -> Model:
     # chelsea → Egyptian cat 0.79, coffee → espresso 0.88 (a 256 → 224 centre crop gives 0.38
     # and "tiger cat" for chelsea).
     prep = Preprocessing((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize=None,
-                         interpolation=TF.InterpolationMode.BILINEAR)
+                         interpolation="bilinear")
     return Model(net, "efficientnet_lite0", _imagenet_classes(), prep)
 
 
@@ -160,7 +159,7 @@ def _torchvision(name: str, pretrained: bool) -> Model:
     with _download_errors(name, pretrained):
         net: nn.Module = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     prep = Preprocessing((224, 224), IMAGENET_MEAN, IMAGENET_STD, resize=256,
-                         interpolation=TF.InterpolationMode.BILINEAR)
+                         interpolation="bilinear")
     prefix, grid = vit_layout(net)
     return Model(net, name, _imagenet_classes(), prep, num_prefix_tokens=prefix, patch_grid=grid)
 

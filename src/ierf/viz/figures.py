@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from ierf.errors import IerfError
 from ierf.io import atomic_path
+
+if TYPE_CHECKING:   # matplotlib takes ~0.7 s to import: only when a figure is drawn
+    from matplotlib.figure import Figure
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
 

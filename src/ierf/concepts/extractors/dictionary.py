@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from sklearn.decomposition import DictionaryLearning, MiniBatchDictionaryLearning
 
 from ierf.concepts.decompose import decompose, reconstruct
 from ierf.concepts.extractors.base import (
@@ -52,6 +51,8 @@ class DictionaryLearner(FittedDictionary, ConceptExtractor):
 
     def fit(self, X: torch.Tensor) -> DictionaryLearner:
         """Learn ``V`` from PFVs ``X (N, C)``; the result is cast back to ``X``'s dtype/device."""
+        from sklearn.decomposition import DictionaryLearning, MiniBatchDictionaryLearning
+
         X = check_pfvs(X)
         common = {"n_components": default_n_concepts(X.shape[1], self.n_concepts),
                   "alpha": self.alpha * X.shape[1], "fit_algorithm": self.fit_algorithm,
