@@ -3,7 +3,7 @@ bundled photos (random resized crops + horizontal flips; ``stereo_motorcycle`` i
 the recipe of issue 11, and toy-resnet PFVs of the synthetic benchmark.
 
     from real_pfvs import augmented_pfvs, toy_pfvs
-    X = augmented_pfvs(n_crops=75, seed=0)        # (75·196, 192) float32
+    X = augmented_pfvs(n_crops=75, seed=0)        # (75·49, 192) float32 (7 × 7 PFVs per crop)
     T = toy_pfvs(n_images=230)                    # (230·64, 64) toy-resnet layer3
 """
 
