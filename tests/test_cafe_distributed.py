@@ -18,6 +18,7 @@ from ierf.cafe.training import CHECKPOINT, SAETrainer, SAETraining
 from ierf.cli.cafe import image_stream
 from ierf.concepts.basis import ConceptBasis
 from ierf.errors import IerfError
+from ierf.lock import WriterLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: see conftest.py
 
@@ -51,15 +52,18 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def torchrun(script: str, out: os.PathLike, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", str(RANKS), script, str(out), repr(SETTINGS)],
+                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
 def test_two_torchrun_ranks_take_the_steps_of_one_process_on_their_union(
         toy_vit, tmp_path, monkeypatch) -> None:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.format(source=IMAGES[0], n=IMAGES[1]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node", str(RANKS), str(script), str(tmp_path / "ddp"),
-                          repr(SETTINGS)], capture_output=True, text=True, env=env,
-                         timeout=300, check=False)
+    run = torchrun(str(script), tmp_path / "ddp", timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert not (tmp_path / "ddp" / CHECKPOINT).exists()
     ddp = ConceptBasis.load(tmp_path / "ddp" / "blocks.0-patch")
@@ -112,3 +116,16 @@ def test_uneven_shares_and_kmeans_are_refused(toy_vit) -> None:
     with pytest.raises(IerfError, match="minibatch-kmeans trains in one process"):
         SAETrainer(toy_vit, x, ["blocks.0"], "unused", ["patch"],
                    SAETraining(method="minibatch-kmeans"), shard=(1, 2))
+
+
+def test_every_rank_stops_when_another_run_holds_the_folder(tmp_path) -> None:
+    """Rank 0 cannot take the writer lock: rank 1 must raise the same error itself. It used
+    to wait for rank 0 at the first collective — torchrun's agent then killed it silently
+    once rank 0 had died; a launcher that does not (srun, mpirun) would leave it hanging."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(source=IMAGES[0], n=IMAGES[1]))
+    with WriterLock(tmp_path / "busy"):                     # another writer: this process
+        run = torchrun(str(script), tmp_path / "busy", timeout=150)
+    assert run.returncode != 0
+    said = run.stdout + run.stderr
+    assert said.count(f"PID {os.getpid()}") >= RANKS, said[-3000:]   # both ranks name the holder

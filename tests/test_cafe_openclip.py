@@ -141,3 +141,17 @@ def test_missing_open_clip_names_the_extra(monkeypatch) -> None:
 def test_unknown_weights_tag(clip) -> None:
     with pytest.raises(IerfError, match="neither an open_clip tag"):
         load_model("openclip/ViT-B-32", weights="no-such-tag")
+
+
+def test_local_methods_run_or_say_which_to_use(clip) -> None:
+    """Ablation-CAM stands in for a block that open_clip calls with ``attn_mask`` (the
+    library's ViT ablation layer took one argument: TypeError); a batch equals its images one
+    at a time. Zennit's LRP cannot pass nn.MultiheadAttention: one line naming AttnLRP."""
+    x = images(2, seed=5)
+    cam = attributor("ablationcam", clip, batch_size=16)
+    maps = cam.attribute(x, target=0)
+    assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    torch.testing.assert_close(cam.attribute(x[1:], target=0)[0], maps[1], rtol=1e-4, atol=1e-5)
+    for method in ("lrp", "lrp-zplus"):
+        with pytest.raises(IerfError, match="MultiheadAttention.*attnlrp"):
+            attributor(method, clip).attribute(x, target=0)

@@ -168,3 +168,16 @@ def test_seeded_runs_repeat_and_tolerance_zero_converges(toy_layer3: torch.Tenso
     labels = bisecting_spherical_kmeans(Z, 2, tol=0.0)
     c = F.normalize(torch.stack([Z[labels == k].sum(0) for k in range(2)]), dim=1)
     assert torch.equal((Z @ (c[1] - c[0]) > 0).long(), labels)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_clusters_as_well_as_the_cpu(toy_layer3: torch.Tensor) -> None:
+    """On a GPU the labels stay on the device, every label is used, the splits still form a
+    bisection tree, and the inertia is the CPU's up to the float32 ties that reductions in
+    another order can flip (a split decided differently changes its subtree: 1 %)."""
+    Z, K = toy_layer3, 96
+    labels, tree = bisecting_spherical_kmeans(Z.cuda(), K, seed=1, return_tree=True)
+    assert labels.is_cuda and torch.equal(torch.bincount(labels.cpu(), minlength=K),
+                                          tree.sizes[:K])
+    cpu = spherical_inertia(Z, bisecting_spherical_kmeans(Z, K, seed=1))
+    assert spherical_inertia(Z, labels.cpu()) <= 1.01 * cpu

@@ -51,7 +51,7 @@ from ierf.concepts.fitting import METHODS
 from ierf.dist import all_mean, barrier, distributed, gather_to_rank0, rank_world
 from ierf.errors import IerfError, unknown_name
 from ierf.io import atomic_path
-from ierf.lock import WriterLock
+from ierf.lock import WriterLock, rank0_lock
 from ierf.models.fingerprint import weights_fingerprint
 from ierf.models.model import Model
 from ierf.models.pfv import PFVs
@@ -189,8 +189,10 @@ class SAETrainer:
         ``stop_after``: process at most this many image batches in this call, checkpoint and
         return ``None`` (call again to go on). Returns ``{"<layer>-<kind>": basis}`` when done.
         """
-        # one trainer per output folder (lock file beside it), held by rank 0 for all ranks
-        with WriterLock(self.out) if self.rank == 0 else contextlib.nullcontext():
+        # one trainer per output folder (lock file beside it), held by rank 0 for all ranks;
+        # if another run holds it, every rank raises at once instead of waiting at a collective
+        with rank0_lock(self.out) if distributed() else (
+                WriterLock(self.out) if self.rank == 0 else contextlib.nullcontext()):
             return self._run(progress, stop_after)
 
     def _run(self, progress: bool, stop_after: int | None) -> dict[str, ConceptBasis] | None:

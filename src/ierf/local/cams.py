@@ -216,8 +216,16 @@ class AblationCAM(_LayerCam):
         from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
         from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 
+        class AnyArgumentsVit(AblationLayerVit):
+            """The library's ViT ablation layer where the block it stands in for takes more
+            arguments (open_clip's ``attn_mask``): it returns the stored, ablated
+            activations, whatever it is called with."""
+
+            def __call__(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+                return super().__call__(x)
+
         # a fresh instance: the library's default one is shared by all
-        ablation_layer = AblationLayerVit() if self.model.is_vit else AblationLayer()
+        ablation_layer = AnyArgumentsVit() if self.model.is_vit else AblationLayer()
         layer = self.target_layer  # the library swaps it out of the net during the call
         cam = AblationCAM(model=self.model.net, target_layers=[layer],
                           ablation_layer=ablation_layer, batch_size=self.batch_size,

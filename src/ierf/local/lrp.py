@@ -36,8 +36,13 @@ class _ZennitLRP(Attributor):
     def _attribute(self, x: torch.Tensor, target: object) -> torch.Tensor:
         from zennit.attribution import Gradient
 
-        index = self.class_indices(x, target)  # on the model as it is, before canonizing
         net = self.model.net
+        if any(isinstance(m, nn.MultiheadAttention) for m in net.modules()):
+            # Zennit types it as an activation and its Pass rule breaks on q, k, v
+            raise IerfError(f"{self.name} (Zennit) cannot pass relevance through "
+                            "torch.nn.MultiheadAttention (open_clip and torchvision ViTs); use "
+                            "--method attnlrp, LRP with rules for attention")
+        index = self.class_indices(x, target)  # on the model as it is, before canonizing
 
         def output_relevance(logits: torch.Tensor) -> torch.Tensor:
             one_hot = torch.zeros_like(logits).scatter_(1, index[:, None], 1.0)
