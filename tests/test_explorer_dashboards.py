@@ -176,6 +176,16 @@ def test_graph_nodes_give_labels_importance_and_edges(atlas_dir, tmp_path) -> No
                                                     reverse=True)
         assert {e[0] for e in item["out"]} == {l["target"] for l in outs}
         assert all(e[1] == nodes[e[0]]["clerp"] for e in item["in"] + item["out"])
+    # the class filter's index: per class, the concepts with a non-zero importance for it
+    want: dict[str, list[list[float]]] = {}
+    for item in linked.values():
+        for c, v in enumerate(nodes[item["node"]]["importance"]):
+            if v:
+                want.setdefault(str(c), []).append([item["k"], v])
+    assert set(s["by_class"]) == set(want)
+    for c, ranked in s["by_class"].items():
+        assert [v for _, v in ranked] == sorted((v for _, v in ranked), key=abs, reverse=True)
+        assert dict(map(tuple, ranked)) == pytest.approx(dict(map(tuple, want[c])))
     # the page escapes what could end its script element or be read as markup
     text = done.path.read_text()
     assert XSS not in text and SCRIPT_CLOSE not in text and "\\u003cimg src=x" in text

@@ -244,6 +244,22 @@ def test_bad_data_shows_a_message_not_a_blank_page(open_page, pages) -> None:
         assert [p for p in opened.problems if "uncaught" in p] == []
 
 
+def test_class_filter_finds_concepts_beyond_their_top_classes(open_page, tmp_path) -> None:
+    """A concept lists only its top classes; the set's per-class index (``by_class``) lets
+    the filter find it for a class outside them, ranked by its importance for that class."""
+    data = big_payload(n=4, k=2, pictures=4)         # concept j: classes j % 7, (j + 1) % 7
+    (s,) = data["sets"]
+    s["by_class"] = {"6": [[1, 0.4], [3, 0.2]], "0": [[0, 0.3]]}
+    page_file = tmp_path / "filter.html"
+    page_file.write_text(render_dashboard(data, "filter"))
+    opened = open_page(page_file)
+    opened.page.select_option("#filter", "6")        # in no concept's own list
+    assert opened.cards() == [1, 3]
+    opened.page.select_option("#filter", "2")        # concepts 1 (0.1) and 2 (0.3)
+    assert opened.cards() == [2, 1]
+    clean(opened)
+
+
 def test_five_thousand_concepts_stay_fast(open_page, pages) -> None:
     opened = open_page(pages["big"])
     page = opened.page

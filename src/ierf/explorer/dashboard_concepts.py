@@ -36,6 +36,8 @@ from ierf.viz.cards import nearest_samples
 CARD_IMAGES = 4
 #: classes kept per concept (by |importance|)
 TOP_CLASSES = 5
+#: concepts kept per class for the class filter (by |importance|)
+TOP_PER_CLASS = 100
 #: edges kept per concept and direction (strongest |weight| first)
 TOP_EDGES = 12
 CHUNK = 4096
@@ -112,6 +114,15 @@ def top_classes(values: torch.Tensor, n: int = TOP_CLASSES) -> list[list[list[fl
             for ci, vi in zip(idx.tolist(), vals.tolist())]
 
 
+def concepts_by_class(values: torch.Tensor, n: int = TOP_PER_CLASS
+                       ) -> dict[str, list[list[float]]]:
+    """Per column of ``(K, n_classes)``: ``{"class": [[concept, value], ...]}``, its ``n``
+    largest |value|, zeros left out — what the class filter shows, so that a concept whose
+    top :data:`TOP_CLASSES` classes leave that class out is still found."""
+    ranked = top_classes(values.T, n)
+    return {str(c): row for c, row in enumerate(ranked) if row}
+
+
 def concept_set(basis: ConceptBasis, path: Path, atlas: Atlas, table: ImageTable,
                 graph: dict[str, Any] | None = None, k: int = 10,
                 by: Literal["cosine", "coefficient"] = "cosine", size: int = 128
@@ -164,6 +175,7 @@ def concept_set(basis: ConceptBasis, path: Path, atlas: Atlas, table: ImageTable
             "n_concepts": K, "n_channels": basis.n_channels, "n_pfvs": len(X),
             "atlas": str(atlas.path), "grid": atlas.meta.get("grids", {}).get(layer),
             "nearest_by": by, "classes": classes, "importance_kind": kind,
+            "by_class": concepts_by_class(importance),
             "graph": graph["metadata"].get("slug") if nodes else None,
             "graph_layers": list(graph["metadata"]["ierf"].get("layers") or []) if nodes else [],
             "samples": overlays, "items": items}

@@ -102,7 +102,7 @@ class App {
       if (q && !this.kind.searchText(item).includes(q)) return;
       let key = this.kind.sortValue(item, this.state.sort);
       if (this.state.f) {
-        const v = this.kind.filterValue(item, this.state.f);
+        const v = this.kind.filterValue(item, this.state.f, set);
         if (v === undefined) return;
         if (this.data.dashboard.kind === "concepts") key = v;     // by importance for the class
       }

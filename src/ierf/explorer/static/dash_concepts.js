@@ -8,16 +8,18 @@ const CONCEPTS = {
 
   /** [value, label] of the filter select: the classes that appear in the set. */
   filters(set) {
-    const seen = new Set();
+    const seen = new Set(Object.keys(set.by_class || {}).map(Number));
     for (const item of set.items) for (const [c] of item.importance) seen.add(c);
     return [["", "— any —"], ...[...seen].sort((a, b) => a - b)
       .map((c) => [String(c), className(set, c)])];
   },
 
-  /** The item's value for class filter `value` (undefined: not among its top classes). */
-  filterValue(item, value) {
+  /** The item's value for class filter `value`: its importance for the class where the
+   * class is among the item's top classes or the item among the class's top concepts
+   * (`by_class`); undefined otherwise. */
+  filterValue(item, value, set) {
     const hit = item.importance.find(([c]) => String(c) === value);
-    return hit ? hit[1] : undefined;
+    return hit ? hit[1] : classIndex(set, value).get(item.k);
   },
 
   sortValue(item, key) {
@@ -63,6 +65,16 @@ const CONCEPTS = {
     return nodes;
   },
 };
+
+/** set → class → (concept → importance), from the set's `by_class`, built on first use. */
+const BY_CLASS = new WeakMap();
+
+function classIndex(set, value) {
+  if (!BY_CLASS.has(set)) BY_CLASS.set(set, new Map());
+  const perClass = BY_CLASS.get(set);
+  if (!perClass.has(value)) perClass.set(value, new Map((set.by_class || {})[value] || []));
+  return perClass.get(value);
+}
 
 function className(set, c) {
   return set.classes[c] !== undefined ? String(set.classes[c]) : `class ${c}`;
