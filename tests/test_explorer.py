@@ -551,6 +551,26 @@ def test_edge_faithfulness_reaches_the_page(tmp_path: Path, capsys: pytest.Captu
     assert "1 with edge faithfulness" in capsys.readouterr().out
 
 
+def test_edge_faithfulness_follows_the_basis_not_its_folder(tmp_path: Path) -> None:
+    """Where the graph and ``targets.json`` both record the dictionary's digest, a copied
+    basis folder is the same basis and a refitted one in the same folder is not."""
+    graph = write_graph(tmp_path / "g", routes=False)
+    doc = json.loads(graph.read_text())
+    meta = doc["metadata"]["ierf"]["metadata"]
+    meta["basis_paths"] = {"layer2": str(tmp_path / "mine")}
+    meta["bases"] = {"layer2": {"path": str(tmp_path / "mine"), "digest": "0123abcd"}}
+    graph.write_text(json.dumps(doc))
+    write_faithfulness(tmp_path / "copied", {"layer2:3": auc_entry(0.2, 0.7)},
+                       basis_paths={"layer2": str(tmp_path / "copy")},
+                       basis_digests={"layer2": "0123abcd"})
+    assert export_html(graph, tmp_path / "g.html", faithfulness=tmp_path / "copied").faithful == 1
+    write_faithfulness(tmp_path / "refit", {"layer2:3": auc_entry(0.2, 0.7)},
+                       basis_paths={"layer2": str(tmp_path / "mine")},
+                       basis_digests={"layer2": "fedc9876"})
+    with pytest.raises(IerfError, match="other concepts"):
+        export_html(graph, tmp_path / "g.html", faithfulness=tmp_path / "refit")
+
+
 def test_edge_faithfulness_of_another_model_or_basis_is_refused(tmp_path: Path) -> None:
     graph = write_graph(tmp_path / "g", routes=False)
     with pytest.raises(IerfError, match="no targets.json"):

@@ -14,7 +14,6 @@ interrupted run resumes; the tables report mean ± standard error over (latent, 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,12 +89,6 @@ class CafeBench:
 def basis_label(basis: ConceptBasis) -> str:
     """``<layer> <tokens>``: a basis' column in the tables."""
     return f"{basis.layer} {basis.tokens}"
-
-
-def basis_digest(basis: ConceptBasis) -> str:
-    """A short SHA-256 of the basis' dictionary: which SAE the stored results belong to."""
-    data = basis.dictionary.detach().cpu().contiguous().float().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def choose_latents(acts: torch.Tensor, positions: torch.Tensor, n: int, per_latent: int,
@@ -221,7 +214,7 @@ def run(model: Model, bases: Sequence[ConceptBasis], x: torch.Tensor, bench: Caf
     store = None
     if store_path is not None:
         settings = {"model": model.name, "images": images, "n_images": len(x),
-                    "bases": {basis_label(b): basis_digest(b) for b in bases}, **asdict(bench)}
+                    "bases": {basis_label(b): b.digest() for b in bases}, **asdict(bench)}
         store = ResultStore(store_path, settings)
     try:
         return [run_basis(model, basis, x, bench, store, log, p)

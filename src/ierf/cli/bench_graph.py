@@ -71,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
             "targets_per_image": args.targets, "min_alignment": args.min_alignment,
             "curve_steps": args.curve_steps,
             "basis_paths": {l: str(default_out(atlas.path, l, args.concepts).resolve())
-                            for l in (a, b)}})
+                            for l in (a, b)},
+            "basis_digests": {l: bases[l].digest() for l in (a, b)}})
         print(table.markdown())
         print(f"→ {folder}/table.md, table.csv, figure.png, curves.png, targets.json")
     if args.ground_truth:

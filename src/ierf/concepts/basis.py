@@ -93,6 +93,12 @@ class ConceptBasis:
         """``V (C, K)``; column ``k`` is concept vector ``v_k``."""
         return self.extractor.get_dictionary()
 
+    def digest(self) -> str:
+        """A short SHA-256 of the dictionary (float32): the same concepts wherever the
+        basis folder lies; stores and benchmarks record it to refuse other bases."""
+        data = self.dictionary.detach().cpu().contiguous().float().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
     def get_dictionary(self) -> torch.Tensor:
         """``V (C, K)`` (the extractor verb, so a basis is accepted wherever an SAE is)."""
         return self.dictionary

@@ -42,7 +42,9 @@ def load_faithfulness(path: str | Path, doc: Mapping[str, Any]
     Returns ``{"method": the graph's ICAT method, "pairs": [{source, target, methods,
     n_images, targets_per_image, min_alignment}], "nodes": {node id: {"source", "pairs",
     "deletion": {method: AUC}, "insertion": {method: AUC}}}}``.
-    Refuses files measured on another model or other bases than the graph's."""
+    Refuses files measured on another model or other bases than the graph's (the same
+    dictionary digest where both record one — a copied basis folder is the same basis —,
+    else the same basis folder)."""
     ierf = doc["metadata"]["ierf"]
     inner = ierf.get("metadata") if isinstance(ierf.get("metadata"), dict) else {}
     steps = set(pairwise(ierf.get("layers") or []))
@@ -95,13 +97,26 @@ def _check(data: Any, file: Path, doc: Mapping[str, Any],
             and inner["fingerprint"] != data["fingerprint"]:
         raise IerfError(f"{file} was measured on other weights of {data.get('model')!r} "
                         "than the graph: run `ierf bench graph` on the graph's atlas")
-    known = _basis_paths(inner)
+    digests, known = _basis_digests(inner), _basis_paths(inner)
+    measured = data.get("basis_digests") if isinstance(data.get("basis_digests"), dict) else {}
     for layer, where in (data.get("basis_paths") or {}).items():
-        if layer in known and Path(known[layer]).resolve() != Path(where).resolve():
+        if layer in digests and layer in measured:           # the same concepts, any folder
+            same = digests[layer] == measured[layer]
+        else:                                                # older files: the same folder
+            same = layer not in known or Path(known[layer]).resolve() == Path(where).resolve()
+        if not same:
             raise IerfError(f"{file} measured the concepts of {layer} in {where}, the graph "
-                            f"uses {known[layer]}: its node numbers name other concepts; "
-                            "run `ierf bench graph` with the graph's bases (--concepts)")
+                            f"uses {known.get(layer, 'other ones')}: its node numbers name "
+                            "other concepts; run `ierf bench graph` with the graph's bases "
+                            "(--concepts)")
     return data
+
+
+def _basis_digests(inner: Mapping[str, Any]) -> dict[str, str]:
+    """Layer → the dictionary digest the graph records (``bases.*.digest``)."""
+    bases = inner.get("bases") if isinstance(inner.get("bases"), dict) else {}
+    return {l: b["digest"] for l, b in bases.items()
+            if isinstance(b, dict) and isinstance(b.get("digest"), str)}
 
 
 def _basis_paths(inner: Mapping[str, Any]) -> dict[str, str]:

@@ -200,6 +200,6 @@ def _metadata(model: Model, bases: Mapping[str, ConceptBasis], layers: Sequence[
             "classes": classes.tolist(),
             "bases": {l: {"extractor": type(bases[l].extractor).__name__,
                           "n_concepts": bases[l].n_concepts, "tokens": bases[l].tokens,
-                          "path": bases[l].provenance.get("path"),
+                          "path": bases[l].provenance.get("path"), "digest": bases[l].digest(),
                           "provenance": bases[l].provenance} for l in layers},
             "aggregation": "mean over images", "error_node": ERROR_NOTE}

@@ -20,7 +20,6 @@ Layout of the output folder::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -79,12 +78,6 @@ class GraphStore(store.ResumableStore):
                                              "ORDER BY predicted")]
 
 
-def basis_digest(basis: ConceptBasis) -> str:
-    """A short hash of a basis' dictionary: the store refuses to mix graphs of other bases."""
-    data = basis.dictionary.detach().float().cpu().contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
                         load: Callable[[Sequence[str]], torch.Tensor], image_ids: Sequence[str],
                         classes: Sequence[int] | torch.Tensor, out: str | Path,
@@ -117,7 +110,7 @@ def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
     classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
     out = Path(out)
     wanted = {"model": model.name, "fingerprint": weights_fingerprint(model.net),
-              "layers": list(bases), "bases": {l: basis_digest(b) for l, b in bases.items()},
+              "layers": list(bases), "bases": {l: b.digest() for l, b in bases.items()},
               "method": method, "classes": classes.tolist(), "image_ids": ids,
               "batch_size": batch_size, "options": {k: v for k, v in icat_options.items()
                                                     if v is not None},
