@@ -623,6 +623,45 @@ def test_diff_page_colours_edges_by_change_and_marks_one_sided_nodes(open_page, 
     clean(opened)
 
 
+CANVAS_BOXES = """() => {
+  const app = window.ierfExplorer;
+  const byId = (id) => app.model.byId.get(id);
+  const plain = app.view.nodes.find((n) => n.kind === "concept" && !n.raw.diff_only);
+  const other = app.view.nodes.find((n) => n.kind === "concept" && !n.raw.diff_only && n !== plain);
+  const error = app.view.nodes.find((n) => n.kind === "error");
+  const raw = other.raw;
+  other.raw = { ...raw, supernode: { members: ["x", "y"] } };
+  const drawn = [];
+  const ctx = app.ctx, strokeRect = ctx.strokeRect;
+  ctx.strokeRect = function (x, y, w, h) {
+    drawn.push([this.strokeStyle, this.getLineDash().map((d) => d * app.t.k), this.lineWidth * app.t.k]);
+    return strokeRect.call(this, x, y, w, h);
+  };
+  app.canvasNodes = [plain, other, byId("layer1:2"), byId("layer2:4"), error];
+  app.drawNow();
+  ctx.strokeRect = strokeRect;
+  other.raw = raw;
+  app.draw();
+  return drawn;
+}"""
+
+
+def test_canvas_boxes_keep_supernode_diff_and_error_marks(open_page, pages) -> None:
+    """Zoomed far out a large view draws nodes as canvas boxes; they keep what the SVG
+    groups show (svg.css): a supernode's purple box and the stack behind it, the dashed grey
+    (only in A) / green (only in B) box of a diff side, the error node's dashed box."""
+    opened = open_page(pages["diff"], "#n=0&k=0&t=0")
+    drawn = opened.page.evaluate(CANVAS_BOXES)
+    expected = [["#8c8c8c", [], 1],                          # a concept
+                ["#8c8c8c", [], 1], ["#5f3dc4", [], 1.8],    # a supernode: stack, box
+                ["#868e96", [5, 3], 2], ["#2b8a3e", [5, 3], 2],   # only in A, only in B
+                ["#8c8c8c", [4, 3], 1]]                      # the error node
+    assert [d[0] for d in drawn] == [e[0] for e in expected]
+    for (_, dash, width), (_, want_dash, want_width) in zip(drawn, expected, strict=True):
+        assert dash == pytest.approx(want_dash) and width == pytest.approx(want_width)
+    clean(opened)
+
+
 # -- scale ---------------------------------------------------------------------------------
 
 

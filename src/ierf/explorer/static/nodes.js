@@ -123,21 +123,45 @@ class NodeLayer {
   }
 }
 
-const BOX_FILL = { concept: "#ffffff", error: "#eeeeee", class: "#fff1c2" };
+const BOX_FILL = { concept: "#ffffff", error: "#f4f4f4", class: "#fff6da" };
+const BOX_STROKE = { concept: "#8c8c8c", error: "#8c8c8c", class: "#b08900" };
+
+/** A node's own look as a canvas box, as svg.css draws its SVG group: diff sides dashed
+ *  grey (only in A) or green (only in B), supernodes purple, error nodes dashed; `dash`
+ *  and `width` in screen pixels. */
+function boxStyle(n) {
+  const only = n.raw.diff_only;
+  if (only === "a") return { fill: "#f8f9fa", stroke: "#868e96", width: 2, dash: [5, 3] };
+  if (only === "b") return { fill: "#ebfbee", stroke: "#2b8a3e", width: 2, dash: [5, 3] };
+  if (n.raw.supernode) return { fill: BOX_FILL[n.kind], stroke: "#5f3dc4", width: 1.8, dash: [] };
+  return { fill: BOX_FILL[n.kind], stroke: BOX_STROKE[n.kind], width: 1,
+    dash: n.kind === "error" ? [4, 3] : [] };
+}
 
 /** Nodes as plain boxes on the canvas (a view too large for SVG groups); the context
- *  already has the pan/zoom transform. */
+ *  already has the pan/zoom transform. A supernode keeps its stack of cards, 3 px behind. */
 function drawNodeBoxes(ctx, nodes, pos, marks, t) {
   const has = (name, n) => Boolean(marks[name] && marks[name].has(n));
+  const px = 1 / t.k;                                       // one screen pixel
   for (const n of nodes) {
     const p = pos.get(n);
+    const b = boxStyle(n);
     ctx.globalAlpha = has("dim", n) ? 0.25 : 1;
-    ctx.fillStyle = has("match", n) ? "#ffe066" : has("selected", n) ? "#d0e4ff" : BOX_FILL[n.kind];
+    ctx.setLineDash(b.dash.map((d) => d * px));
+    if (n.raw.supernode) {
+      ctx.fillStyle = "#f1f3f5";
+      ctx.strokeStyle = "#8c8c8c";
+      ctx.lineWidth = px;
+      ctx.fillRect(p.x + 3 * px, p.y - 3 * px, p.w, p.h);
+      ctx.strokeRect(p.x + 3 * px, p.y - 3 * px, p.w, p.h);
+    }
+    ctx.fillStyle = has("match", n) ? "#ffe066" : has("selected", n) ? "#d0e4ff" : b.fill;
     ctx.fillRect(p.x, p.y, p.w, p.h);
     ctx.strokeStyle = has("selected", n) ? "#1c5fa8" : has("pinned", n) ? "#7048e8"
-      : has("route", n) ? "#111111" : has("ancestor", n) ? "#b08900" : "#8c8c8c";
-    ctx.lineWidth = (has("selected", n) || has("pinned", n) ? 2.5 : 1) / t.k;
+      : has("route", n) ? "#111111" : has("ancestor", n) ? "#b08900" : b.stroke;
+    ctx.lineWidth = (has("selected", n) || has("pinned", n) ? 2.5 : b.width) * px;
     ctx.strokeRect(p.x, p.y, p.w, p.h);
   }
+  ctx.setLineDash([]);
   ctx.globalAlpha = 1;
 }
