@@ -59,14 +59,18 @@ def kmeans_dictionary(Z: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def alpha_for_nnz(X: torch.Tensor, V: torch.Tensor, nnz: float) -> float:
-    """Alpha (scikit-learn convention) giving ~``nnz`` non-zeros per row: bisection in log
-    space between ``alpha_max / 64`` and ``alpha_max``."""
+    """Alpha (scikit-learn convention) giving ~``nnz`` non-zeros per row: halve from
+    ``alpha_max`` until past ``nnz`` (dense solves are slow), then bisect in log space."""
+    def count(alpha: float) -> float:
+        return float((lasso_working_set(X, V, alpha, tol=TOL)[0] != 0).sum(1).double().mean())
+
     hi = float((X @ V).abs().amax()) / X.shape[1]
-    lo = hi / 64
-    for _ in range(8):
+    lo = hi / 2
+    while count(lo) <= nnz:
+        hi, lo = lo, lo / 2
+    for _ in range(6):
         mid = (lo * hi) ** 0.5
-        count = float((lasso_working_set(X, V, mid, tol=TOL)[0] != 0).sum(1).double().mean())
-        lo, hi = (mid, hi) if count > nnz else (lo, mid)
+        lo, hi = (mid, hi) if count(mid) > nnz else (lo, mid)
     return (lo * hi) ** 0.5
 
 
@@ -74,7 +78,7 @@ def lasso_rows(name: str, V: torch.Tensor, rows: torch.Tensor, sizes: list[int],
                device: torch.device) -> None:
     """Table of the Lasso's time against the number of rows on ``device``."""
     X, V = rows.to(device), V.to(device)
-    alpha = alpha_for_nnz(X[:sizes[1]], V, NNZ)
+    alpha = alpha_for_nnz(X[:sizes[0]], V, NNZ)
     lasso_working_set(X[:sizes[0]], V, alpha, tol=TOL)                     # warm-up
     t_cpu, _ = timed(lambda: lasso_working_set(X[:sizes[0]].cpu(), V.cpu(), alpha, tol=TOL),
                      torch.device("cpu"))
