@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from bench_kmeans import paper_pfvs
+from bench_lasso import alpha_for_nnz
 from real_pfvs import augmented_pfvs
 
 from ierf.concepts.extractors.kmeans import (
@@ -56,22 +57,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
 def kmeans_dictionary(Z: torch.Tensor, k: int) -> torch.Tensor:
     """(C, K) unit mean directions of a bisecting spherical k-means of the unit rows ``Z``."""
     return F.normalize(cluster_means(Z, bisecting_spherical_kmeans(Z, k, n_init=1), k), dim=0)
-
-
-def alpha_for_nnz(X: torch.Tensor, V: torch.Tensor, nnz: float) -> float:
-    """Alpha (scikit-learn convention) giving ~``nnz`` non-zeros per row: halve from
-    ``alpha_max`` until past ``nnz`` (dense solves are slow), then bisect in log space."""
-    def count(alpha: float) -> float:
-        return float((lasso_working_set(X, V, alpha, tol=TOL)[0] != 0).sum(1).double().mean())
-
-    hi = float((X @ V).abs().amax()) / X.shape[1]
-    lo = hi / 2
-    while count(lo) <= nnz:
-        hi, lo = lo, lo / 2
-    for _ in range(6):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if count(mid) > nnz else (lo, mid)
-    return (lo * hi) ** 0.5
 
 
 def lasso_rows(name: str, V: torch.Tensor, rows: torch.Tensor, sizes: list[int],
