@@ -21,7 +21,8 @@ Layout of the output folder::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ierf import store
 from ierf.concepts.basis import ConceptBasis
-from ierf.dist import barrier, rank_world
+from ierf.dist import barrier, on_rank0, rank_world
 from ierf.errors import IerfError
 from ierf.graph.build import build_graph
 from ierf.graph.concept_graph import ConceptGraph, merge
@@ -78,6 +79,18 @@ class GraphStore(store.ResumableStore):
                                              "ORDER BY predicted")]
 
 
+@contextmanager
+def _store(path: Path, wanted: Mapping[str, Any]) -> Iterator[GraphStore]:
+    """The graph store, open on every rank; rank 0 holds its writer lock and creates it
+    before the other ranks open it: two first connections switching a new file to WAL at
+    once can get SQLITE_BUSY without waiting (the likely cause of one rank-0 failure under
+    torchrun on a loaded CPU)."""
+    with rank0_lock(path):
+        on_rank0(lambda: GraphStore(path, wanted, lock=False).close())
+        with GraphStore(path, wanted, lock=False) as parts:
+            yield parts
+
+
 def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
                         load: Callable[[Sequence[str]], torch.Tensor], image_ids: Sequence[str],
                         classes: Sequence[int] | torch.Tensor, out: str | Path,
@@ -117,7 +130,7 @@ def build_dataset_graph(model: Model, bases: Mapping[str, ConceptBasis],
               **(settings or {})}
     rank, world = rank_world()
     batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-    with rank0_lock(out / STORE), GraphStore(out / STORE, wanted, lock=False) as parts:
+    with _store(out / STORE, wanted) as parts:
         pending = [b for b in range(len(batches)) if b not in parts.done()]
         barrier()   # every rank has read the pending list before any writes
         mine = pending[rank::world]
